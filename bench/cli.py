@@ -1,0 +1,141 @@
+"""The `bench` command. Thin: parse flags into a command's config dataclass and call one function.
+
+Exit codes: 0 done, 1 failed (the message names the cause and the file), 2 usage error.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import fields
+
+import click
+
+from pretrain.flow import METHODS
+from pretrain.losses import LOSSES
+
+
+def fails_cleanly(fn):
+    """Turn the errors our code raises for bad input into one-line messages with exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from bench.checkpoint import CheckpointError
+        from pretrain.train import TrainingDiverged
+
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, OSError, CheckpointError, TrainingDiverged) as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main():
+    """cpfs-bench: CPFS pretraining and self-supervised evaluation benchmarks."""
+
+
+@main.group()
+def world():
+    """Write the embedded default data (synthetic, in the real formats)."""
+
+
+@world.command("videos")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write into.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--clips", default=24, show_default=True)
+@click.option("--frames", default=32, show_default=True)
+@click.option("--height", default=240, show_default=True)
+@click.option("--width", default=320, show_default=True)
+@click.option("--workers", default=0, show_default=True, help="Processes; 0 = every core.")
+@fails_cleanly
+def world_videos(**kw):
+    """Short clips of textured objects moving (translation, rotation, scaling) over a moving textured
+    background, with the exact forward flow of every frame pair (KITTI PNG, gt_flow/)."""
+    from bench.world.videos import VideoWorldConfig, write_video_world
+
+    out = write_video_world(VideoWorldConfig(**kw))
+    click.echo(f"wrote {kw['clips']} clips x {kw['frames']} frames to {out}/videos, ground-truth flow in {out}/gt_flow")
+
+
+@main.command("flow")
+@click.option("--videos", required=True, multiple=True, type=click.Path(exists=True),
+              help="Video files (mp4, avi, mkv, webm, mov), frame folders, or folders of either. Repeatable.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--method", type=click.Choice(METHODS), default="dis-medium", show_default=True)
+@click.option("--resize", nargs=2, type=int, default=None, metavar="H W", help="Resize frames first.")
+@click.option("--stride", default=1, show_default=True, help="Keep every k-th frame.")
+@click.option("--workers", default=0, show_default=True, help="Processes (one video each); 0 = every core.")
+@click.option("--max-frames", type=int, default=None, help="Stop each video after this many kept frames.")
+@fails_cleanly
+def flow_cmd(videos, out, method, resize, stride, workers, max_frames):
+    """Compute optical flow of videos: frames as JPEG, flow as KITTI 16-bit PNG, plus a manifest.
+
+    Resumable: finished videos are skipped. Undecodable videos are listed in OUT/failures.txt and
+    skipped; the command fails only if nothing could be processed."""
+    from pretrain.extract import FlowConfig, extract_flow
+
+    s = extract_flow(FlowConfig(list(videos), out, method, tuple(resize) if resize else None, stride, workers, max_frames))
+    click.echo(f"flow: {s['processed']} videos processed, {s['skipped']} already done, {s['failed']} failed; "
+               f"{s['pairs']} pairs in {s['seconds']:.1f}s -> {s['out']}")
+    if s["failed"]:
+        click.echo(f"failures listed in {s['out']}/failures.txt", err=True)
+    if s["processed"] + s["skipped"] == 0:
+        raise click.ClickException(f"no video could be processed (see {s['out']}/failures.txt)")
+
+
+def _pretrain_options(fn):
+    from pretrain.train import PretrainConfig
+
+    defaults = {f.name: f.default for f in fields(PretrainConfig)}
+    options = [
+        click.option("--loss", type=click.Choice(LOSSES), default=defaults["loss"], show_default=True),
+        click.option("--data", type=click.Path(), default=None,
+                     help="A `bench flow` output folder. Default: the embedded video world (built on first use)."),
+        click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder [runs/pretrain-<loss>]."),
+        click.option("--arch", type=click.Choice(["caffenet_bn", "caffenet"]), default=defaults["arch"], show_default=True),
+        click.option("--iters", type=int, default=defaults["iters"], show_default=True),
+        click.option("--batch-size", type=int, default=defaults["batch_size"], show_default=True),
+        click.option("--pixels", type=int, default=defaults["pixels"], show_default=True, help="Sampled pixels per image."),
+        click.option("--hidden", type=int, default=defaults["hidden"], show_default=True, help="Head MLP hidden width."),
+        click.option("--embed-dim", type=int, default=defaults["embed_dim"], show_default=True),
+        click.option("--classes", type=int, default=defaults["classes"], show_default=True, help="direct-cls codebook size."),
+        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=defaults["optimizer"], show_default=True),
+        click.option("--lr", type=float, default=defaults["lr"], show_default=True),
+        click.option("--momentum", type=float, default=defaults["momentum"], show_default=True),
+        click.option("--weight-decay", type=float, default=defaults["weight_decay"], show_default=True),
+        click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default=defaults["schedule"], show_default=True),
+        click.option("--sigma", type=float, default=defaults["sigma"], show_default=True, help="Initial flow-kernel sigma."),
+        click.option("--learn-sigma/--fixed-sigma", default=defaults["learn_sigma"], show_default=True),
+        click.option("--squash/--no-squash", default=defaults["squash"], show_default=True,
+                     help="Squash flow as sign(f) min(log(|f|+1)/log(51), 1)."),
+        click.option("--seed", type=int, default=defaults["seed"], show_default=True),
+        click.option("--device", default=defaults["device"], show_default=True, help="auto, cpu or cuda[:N]."),
+        click.option("--amp/--no-amp", default=defaults["amp"], show_default=True, help="bf16 autocast on CUDA."),
+        click.option("--workers", type=int, default=defaults["workers"], show_default=True, help="Data-loading processes."),
+        click.option("--ckpt-every", type=int, default=defaults["ckpt_every"], show_default=True),
+        click.option("--snapshot-every", type=int, default=defaults["snapshot_every"], show_default=True),
+        click.option("--log-every", type=int, default=defaults["log_every"], show_default=True),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@main.command("pretrain")
+@_pretrain_options
+@fails_cleanly
+def pretrain_cmd(**kw):
+    """CPFS pretraining of a CaffeNet AlexNet: KTA, CE, CE-rev, or the direct-cls baseline.
+
+    Writes OUT/last.pt (resumable), OUT/step_*.pt snapshots and OUT/log.jsonl."""
+    from pretrain.train import PretrainConfig, run
+
+    s = run(PretrainConfig(**kw))
+    click.echo(f"pretrain {kw['loss']}: steps {s['start_step']}->{s['steps']}, loss {s['first_loss']:.4f} -> "
+               f"{s['last_loss']:.4f} in {s['seconds']:.0f}s on {s['device']}; checkpoint {s['checkpoint']}"
+               if s["first_loss"] is not None else f"pretrain {kw['loss']}: nothing to do, {s['checkpoint']} is at step {s['steps']}")
+
+
+if __name__ == "__main__":
+    main()

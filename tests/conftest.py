@@ -1,0 +1,20 @@
+import pytest
+
+from bench.world.videos import VideoWorldConfig, write_video_world
+from pretrain.extract import FlowConfig, extract_flow
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """Two 6-frame clips of the embedded video world with ground-truth flow."""
+    root = tmp_path_factory.mktemp("world")
+    write_video_world(VideoWorldConfig(out=str(root), seed=3, clips=2, frames=6, workers=1), progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_flow(tiny_world, tmp_path_factory):
+    """`bench flow` output of tiny_world (frames + DIS flow)."""
+    out = tmp_path_factory.mktemp("flow")
+    extract_flow(FlowConfig(videos=[str(tiny_world / "videos")], out=str(out), workers=1), progress=False)
+    return out

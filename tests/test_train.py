@@ -1,0 +1,106 @@
+"""pretrain/train.py and bench/checkpoint.py: the training loop, resume, failure handling."""
+import json
+
+import pytest
+import torch
+
+import pretrain.train as train
+from bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pretrain.train import PretrainConfig, TrainingDiverged, run
+
+
+def tiny_config(data, out, **kw):
+    base = dict(loss="kta", data=str(data), out=str(out), iters=4, batch_size=2, pixels=64, hidden=32,
+                ckpt_every=100, snapshot_every=0, seed=1)
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def test_resume_is_bit_for_bit(tiny_flow, tmp_path):
+    straight = run(tiny_config(tiny_flow, tmp_path / "a"), progress=False)
+    assert straight["steps"] == 4
+    half = run(tiny_config(tiny_flow, tmp_path / "b"), progress=False, stop_after=2)
+    assert half["steps"] == 2 and load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 2
+    resumed = run(tiny_config(tiny_flow, tmp_path / "b", resume=True), progress=False)
+    assert resumed["start_step"] == 2 and resumed["steps"] == 4
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    for part in ("trunk", "head"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+    assert torch.equal(a["extra"]["sigma"]["log_sigma"], b["extra"]["sigma"]["log_sigma"])
+    losses_a = [json.loads(line)["loss"] for line in open(tmp_path / "a" / "log.jsonl")]
+    losses_b = [json.loads(line)["loss"] for line in open(tmp_path / "b" / "log.jsonl")]
+    assert losses_a == losses_b
+
+
+def test_checkpoint_contents_and_weights_only(tiny_flow, tmp_path):
+    run(tiny_config(tiny_flow, tmp_path, loss="direct-cls", iters=2, snapshot_every=1), progress=False)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["format"] == "cpfs-bench-checkpoint" and ckpt["format_version"] == 1
+    assert ckpt["arch"] == "caffenet_bn" and ckpt["loss"] == "direct-cls" and ckpt["step"] == 2
+    assert ckpt["config"]["pixels"] == 64 and ckpt["optimizer"]["state"]
+    assert ckpt["extra"]["codebook"].shape == (16, 2)
+    assert set(ckpt["rng"]) == {"torch_cpu", "torch_cuda", "numpy", "python"}
+    snap = torch.load(tmp_path / "step_000001.pt", weights_only=True)
+    assert snap["step"] == 1 and not snap["optimizer"]
+
+
+def test_existing_run_not_overwritten_and_resume_clash(tiny_flow, tmp_path):
+    run(tiny_config(tiny_flow, tmp_path, iters=1), progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(tiny_config(tiny_flow, tmp_path, iters=1), progress=False)
+    with pytest.raises(CheckpointError, match="arch"):
+        run(tiny_config(tiny_flow, tmp_path, iters=2, arch="caffenet", resume=True), progress=False)
+    with pytest.raises(CheckpointError, match="loss"):
+        run(tiny_config(tiny_flow, tmp_path, iters=2, loss="ce", resume=True), progress=False)
+
+
+def test_resume_rejects_foreign_and_future_checkpoints(tiny_flow, tmp_path):
+    (tmp_path / "last.pt").parent.mkdir(exist_ok=True)
+    torch.save({"state_dict": {}}, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="last.pt.*not a cpfs-bench checkpoint"):
+        run(tiny_config(tiny_flow, tmp_path, resume=True), progress=False)
+    save_checkpoint(tmp_path / "last.pt", arch="caffenet_bn", trunk={}, head={}, loss="kta", step=1, config={})
+    raw = torch.load(tmp_path / "last.pt", weights_only=True)
+    raw["format_version"] = 99
+    torch.save(raw, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="version 99"):
+        run(tiny_config(tiny_flow, tmp_path, resume=True), progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_flow, tmp_path, monkeypatch):
+    real = train.cpfs_loss
+    calls = {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train, "cpfs_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="step 2.*last.pt"):
+        run(tiny_config(tiny_flow, tmp_path, ckpt_every=1), progress=False)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["trunk"].values() if v.is_floating_point())
+
+
+def test_bad_data_folder_explains_how_to_make_one(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="bench flow --videos"):
+        run(tiny_config(tmp_path / "empty", tmp_path / "out"), progress=False)
+
+
+def test_unreadable_frame_named(tiny_flow, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_flow, data)
+    for f in (data / "clip_000" / "frames").glob("*.jpg"):
+        f.write_bytes(b"not a jpeg")
+    for f in (data / "clip_001" / "frames").glob("*.jpg"):
+        f.write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"frames/00000\d.jpg: image could not be decoded"):
+        run(tiny_config(data, tmp_path / "out"), progress=False)
