@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -237,7 +238,7 @@ def extract_flow(config: FlowConfig, progress: bool = True) -> dict:
                 pairs += meta["pairs"]
             else:
                 failures.append((source, error))
-                tqdm.write(f"failed: {source.path}: {error}")
+                tqdm.write(f"failed: {source.path}: {error}", file=sys.stderr)
             bar.update(1)
             bar.set_postfix(pairs_per_s=f"{pairs / max(time.perf_counter() - start, 1e-9):.0f}")
     finally:
