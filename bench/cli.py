@@ -111,7 +111,7 @@ def _pretrain_options(fn):
         click.option("--seed", type=int, default=defaults["seed"], show_default=True),
         click.option("--device", default=defaults["device"], show_default=True, help="auto, cpu or cuda[:N]."),
         click.option("--amp/--no-amp", default=defaults["amp"], show_default=True, help="bf16 autocast on CUDA."),
-        click.option("--workers", type=int, default=defaults["workers"], show_default=True, help="Data-loading processes."),
+        click.option("--workers", type=int, default=None, help="Data-loading processes [0 on CPU, 8 on CUDA]."),
         click.option("--ckpt-every", type=int, default=defaults["ckpt_every"], show_default=True),
         click.option("--snapshot-every", type=int, default=defaults["snapshot_every"], show_default=True),
         click.option("--log-every", type=int, default=defaults["log_every"], show_default=True),
@@ -128,7 +128,7 @@ def _pretrain_options(fn):
 def pretrain_cmd(**kw):
     """CPFS pretraining of a CaffeNet AlexNet: KTA, CE, CE-rev, or the direct-cls baseline.
 
-    Writes OUT/last.pt (resumable), OUT/step_*.pt snapshots and OUT/log.jsonl."""
+    Writes OUT/last.pt (resumable), OUT/step_*.pt snapshots, OUT/log.jsonl and OUT/loss.png."""
     from pretrain.train import PretrainConfig, run
 
     s = run(PretrainConfig(**kw))

@@ -40,14 +40,16 @@ def encode_flow_png(flow: np.ndarray, valid: np.ndarray | None = None) -> bytes:
         if valid.shape != (h, w):
             raise ValueError(f"valid mask shape {valid.shape} does not match flow {(h, w)}")
         valid_all &= valid
-    fixed = np.rint(flow * FLOW_SCALE)
+    fixed = flow * FLOW_SCALE
+    np.rint(fixed, out=fixed)  # before the offset: float32 has no 1/64 resolution near 2^15
     fixed += FLOW_OFFSET
     np.clip(fixed, 0, 2**16 - 1, out=fixed)
     if not valid_all.all():
         fixed[~valid_all] = FLOW_OFFSET  # the KITTI devkit stores 0 flow where invalid
-    fixed = fixed.astype(np.uint16)
-    native = cv2.merge([fixed[..., 0], fixed[..., 1], valid_all.astype(np.uint16)])
-    rgb = native.byteswap().view(">u2")  # PNG stores 16-bit samples big-endian
+    # PNG stores 16-bit samples big-endian: cast to big-endian, then interleave those bytes as
+    # native uint16 words with the (pre-swapped) valid channel, so no separate byte-swap pass
+    big_endian = fixed.astype(">u2").view(np.uint16)
+    rgb = cv2.merge([big_endian, valid_all.astype(np.uint16) << 8])
     return _png_bytes(rgb.view(np.uint8).reshape(h, w * 6), width=w, height=h)
 
 
@@ -123,6 +125,19 @@ def endpoint_error(flow: np.ndarray, reference: np.ndarray, valid: np.ndarray | 
     """Mean end-point error in pixels between two (H, W, 2) flows over valid pixels."""
     err = np.linalg.norm(np.asarray(flow, np.float64) - np.asarray(reference, np.float64), axis=2)
     return float(err[valid].mean() if valid is not None else err.mean())
+
+
+def flow_to_image(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
+    """Colour-code flow (H, W, 2) px as BGR uint8: hue = direction, brightness = speed (saturating at
+    max_magnitude, default the 99th percentile), as in the usual Middlebury-style pictures."""
+    u, v = flow[..., 0].astype(np.float32), flow[..., 1].astype(np.float32)
+    magnitude, angle = cv2.cartToPolar(u, v, angleInDegrees=True)
+    top = max_magnitude or max(float(np.percentile(magnitude, 99)), 1e-6)
+    hsv = np.empty(flow.shape[:2] + (3,), np.uint8)
+    hsv[..., 0] = (angle / 2).astype(np.uint8)  # OpenCV hue is 0..180
+    hsv[..., 1] = 255
+    hsv[..., 2] = np.clip(magnitude / top * 255, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

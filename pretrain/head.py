@@ -23,10 +23,12 @@ def sample_features(feature: torch.Tensor, positions: torch.Tensor, stride: floa
     Feature index j is centred on input pixel stride * j + offset; positions beyond the outermost
     centres take the border value. Returns (B, N, C)."""
     b, c, h, w = feature.shape
-    j = (positions.to(feature.dtype) - offset) / stride  # feature-grid coordinates (x, y)
-    size = torch.tensor([w - 1, h - 1], dtype=feature.dtype, device=feature.device).clamp(min=1)
+    # positions in at least float32: in bf16 (autocast) pixel 227 is not even representable
+    dtype = torch.promote_types(feature.dtype, torch.float32)
+    j = (positions.to(dtype) - offset) / stride  # feature-grid coordinates (x, y)
+    size = torch.tensor([w - 1, h - 1], dtype=dtype, device=feature.device).clamp(min=1)
     grid = (2 * j / size - 1).unsqueeze(1)  # (B, 1, N, 2), align_corners=True convention
-    sampled = F.grid_sample(feature, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    sampled = F.grid_sample(feature.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=True)
     return sampled[:, :, 0, :].transpose(1, 2)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from tqdm import tqdm
 
 from bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from pretrain.alexnet import ARCHITECTURES, build_trunk
+from pretrain.curves import plot_training_log
 from pretrain.data import MEAN, STD, FlowFrames, StepBatchSampler
 from pretrain.head import SOURCES, HypercolumnHead, sample_pixel_positions
 from pretrain.losses import LOSSES, Sigma, cpfs_loss, direct_cls_loss, fit_flow_codebook, squash_flow
@@ -51,8 +53,8 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-    workers: int = 0  # data-loading processes
-    ckpt_every: int = 50  # write last.pt (resumable) every this many steps, and at the end
+    workers: int | None = None  # data-loading processes; None = 0 on CPU (no spare core), 8 on CUDA
+    ckpt_every: int = 100  # write last.pt (resumable) every this many steps, and at the end
     snapshot_every: int = 100  # keep step_XXXXXX.pt (weights only) every this many steps; 0 = never
     log_every: int = 1
     resume: bool = False
@@ -175,7 +177,8 @@ def run(cfg: PretrainConfig, progress: bool = True, stop_after: int | None = Non
     out.mkdir(parents=True, exist_ok=True)
 
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start_step, cfg.iters)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=device.type == "cuda",
+    workers = cfg.workers if cfg.workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
     use_amp = cfg.amp and device.type == "cuda"
     extra = {"normalization": {"mean": list(MEAN), "std": list(STD)}, "sources": list(SOURCES)}
@@ -241,6 +244,8 @@ def run(cfg: PretrainConfig, progress: bool = True, stop_after: int | None = Non
     finally:
         bar.close()
         log.close()
+    if step > start_step:
+        plot_training_log(out / "log.jsonl", out / "loss.png", f"CPFS {cfg.loss} ({cfg.arch})")
     return {"out": str(out), "checkpoint": str(last), "start_step": start_step, "steps": step,
             "first_loss": first_loss, "last_loss": last_loss, "seconds": time.perf_counter() - start,
             "data": cfg.data, "device": str(device)}

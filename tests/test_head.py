@@ -46,7 +46,7 @@ def dense_bilinear(feature, stride, offset, size):
         return m
 
     wy, wx = weights(h), weights(w)
-    return np.einsum("yh,chw,xw->cyx", wy, feature, wx)
+    return wy @ feature @ wx.T  # (size, h) @ (C, h, w) @ (w, size) -> (C, size, size)
 
 
 @torch.no_grad()
@@ -90,3 +90,12 @@ def test_positions_drawn_from_valid_pixels_only():
     assert pos.shape == (2, 64, 2)
     assert valid[0, pos[0, :, 1], pos[0, :, 0]].all() and valid[1, pos[1, :, 1], pos[1, :, 0]].all()
     assert len({tuple(p) for p in pos[0].tolist()}) == 64  # without replacement
+
+
+def test_sampling_positions_keep_full_precision_for_low_precision_features():
+    # under bf16 autocast the activations are bf16; the sampling grid must not be
+    feature = torch.randn(1, 4, 55, 55).bfloat16()
+    positions = torch.tensor([[[225, 3], [226, 226], [101, 57]]])
+    low = sample_features(feature, positions, 4.0, 5.0)
+    exact = sample_features(feature.float(), positions, 4.0, 5.0)
+    torch.testing.assert_close(low, exact, rtol=0, atol=0)

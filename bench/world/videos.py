@@ -8,6 +8,7 @@ Layout written by `write_video_world(out)`:
 
     out/videos/clip_000.mp4 ...            H.264 (yuv420p), 240x320, 32 frames by default
     out/gt_flow/clip_000/000000.png ...    forward flow frame i -> i + 1, KITTI 16-bit PNG
+    out/previews/clip_000.jpg ...          first frame beside its colour-coded ground-truth flow
     out/world.json                         seed, sizes and each clip's motions
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pretrain.flow import write_flow_png
+from pretrain.flow import flow_to_image, write_flow_png
 
 
 @dataclass
@@ -176,7 +177,10 @@ def write_clip(args) -> dict:
         for t in range(cfg.frames):
             frame, owner = render_frame(layers, t, cfg.height, cfg.width)
             if t + 1 < cfg.frames:
-                write_flow_png(flow_dir / f"{t:06d}.png", ground_truth_flow(layers, owner, t))
+                flow = ground_truth_flow(layers, owner, t)
+                write_flow_png(flow_dir / f"{t:06d}.png", flow)
+                if t == 0:
+                    cv2.imwrite(str(out / "previews" / f"{name}.jpg"), np.concatenate([frame, flow_to_image(flow)], 1))
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -189,6 +193,7 @@ def write_video_world(cfg: VideoWorldConfig, progress: bool = True) -> Path:
     """Write cfg.clips clips into cfg.out (see the module docstring); returns cfg.out."""
     out = Path(cfg.out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
+    (out / "previews").mkdir(exist_ok=True)
     jobs = [(i, cfg) for i in range(cfg.clips)]
     workers = max(1, min(cfg.workers or os.cpu_count() or 1, cfg.clips))
     bar = tqdm(total=cfg.clips, desc="world videos", unit="clip", disable=not progress)
