@@ -152,7 +152,7 @@ def process_video(source: VideoSource, out: Path, config: FlowConfig) -> dict:
             raise ValueError(f"{source.path}: frame {i} has size {frame.shape[:2]}, earlier frames {shape}")
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         ok, jpg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        (tmp / "frames" / f"{n_frames:06d}.jpg").write_bytes(jpg.tobytes())
+        (tmp / "frames" / f"{n_frames:06d}.jpg").write_bytes(jpg)  # the buffer itself: no copy
         if prev_gray is not None:
             t0 = time.perf_counter()
             flow = estimate(prev_gray, gray)

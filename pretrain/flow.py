@@ -64,7 +64,7 @@ def _png_bytes(rows: np.ndarray, width: int, height: int) -> bytes:
     np.subtract(rows[:, 6:], rows[:, :-6], out=filtered[:, 7:])
     ihdr = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
     return b"".join(
-        [PNG_SIGNATURE, _png_chunk(b"IHDR", ihdr), _png_chunk(b"IDAT", _deflate.compress(filtered.tobytes(), 1)),
+        [PNG_SIGNATURE, _png_chunk(b"IHDR", ihdr), _png_chunk(b"IDAT", _deflate.compress(filtered, 1)),
          _png_chunk(b"IEND", b"")]
     )
 
