@@ -57,6 +57,43 @@ def world_videos(**kw):
     click.echo(f"wrote {kw['clips']} clips x {kw['frames']} frames to {out}/videos, ground-truth flow in {out}/gt_flow")
 
 
+@world.command("voc")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write into.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--voc07-trainval", default=250, show_default=True, help="VOC2007 trainval images.")
+@click.option("--voc07-test", default=250, show_default=True, help="VOC2007 test images.")
+@click.option("--voc12-trainval", default=250, show_default=True, help="VOC2012 trainval images (SBD drawn from them).")
+@click.option("--workers", default=0, show_default=True, help="Processes; 0 = every core.")
+@fails_cleanly
+def world_voc(out, seed, voc07_trainval, voc07_test, voc12_trainval, workers):
+    """VOCdevkit/VOC2007 and VOC2012 (JPEGImages, Annotations, ImageSets, SegmentationClass/Object)
+    and SBD (benchmark_RELEASE/dataset) in the real layouts, with procedurally drawn objects of the 20
+    VOC classes; truncated/difficult flags and 255 borders follow the geometry."""
+    from bench.world.voc import VOCWorldConfig, write_voc_world
+
+    root = write_voc_world(VOCWorldConfig(out=out, seed=seed, voc07_trainval=voc07_trainval, voc07_test=voc07_test,
+                                          voc12_trainval=voc12_trainval, workers=workers))
+    click.echo(f"wrote VOC2007 ({voc07_trainval} trainval + {voc07_test} test), VOC2012 ({voc12_trainval} trainval) "
+               f"and SBD to {root}")
+
+
+@world.command("imagenet")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write into.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--classes", default=20, show_default=True)
+@click.option("--train-per-class", default=60, show_default=True)
+@click.option("--val-per-class", default=15, show_default=True)
+@click.option("--size", default=160, show_default=True, help="Image side in pixels.")
+@click.option("--workers", default=0, show_default=True, help="Processes; 0 = every core.")
+@fails_cleanly
+def world_imagenet(**kw):
+    """An ImageNet-style class-folder tree: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG."""
+    from bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
+
+    root = write_imagenet_world(ImageNetWorldConfig(**kw))
+    click.echo(f"wrote {kw['classes']} classes x ({kw['train_per_class']} train + {kw['val_per_class']} val) images to {root}")
+
+
 @main.command("flow")
 @click.option("--videos", required=True, multiple=True, type=click.Path(exists=True),
               help="Video files (mp4, avi, mkv, webm, mov), frame folders, or folders of either. Repeatable.")
