@@ -174,5 +174,42 @@ def pretrain_cmd(**kw):
                if s["first_loss"] is not None else f"pretrain {kw['loss']}: nothing to do, {s['checkpoint']} is at step {s['steps']}")
 
 
+@main.command("results")
+@click.option("--store", type=click.Path(dir_okay=False), default=None,
+              help="Records file (JSON lines) [$CPFS_BENCH_HOME/results/records.jsonl].")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "latex", "csv"]), default="table", show_default=True)
+@click.option("--table", "tables", type=click.Choice(["1", "2", "all"]), default="all", show_default=True,
+              help="The paper's Table 1 (VOC Cls./Det./Seg.) or Table 2 (ImageNet per-layer probes).")
+@click.option("--method", "methods", multiple=True, help="Only our rows of these methods (repeatable).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Also write per-layer probe curves (PNG).")
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write the tables to a file, not stdout.")
+@fails_cleanly
+def results_cmd(store, fmt, tables, methods, plot, output):
+    """Aggregate the evaluation records into tables shaped like the paper's, its published rows beside
+    ours; each of our cells names its protocol (legend under the table)."""
+    from pathlib import Path
+
+    from results.store import default_store, read_records
+    from results.tables import render
+
+    path = Path(store) if store else default_store()
+    records = read_records(path) if path.exists() else []
+    if methods:
+        records = [r for r in records if r["method"] in methods]
+    if not records:
+        click.echo(f"no records of ours in {path} yet (run `bench eval ...`); showing the paper's numbers", err=True)
+    text = "\n\n".join(render(records, int(t), fmt) for t in (("1", "2") if tables == "all" else (tables,)))
+    if output:
+        Path(output).write_text(text + "\n")
+        click.echo(f"tables written to {output}", err=True)
+    else:
+        click.echo(text)
+    if plot:
+        from results.plots import plot_linear_probes
+
+        plot_linear_probes(records, plot)
+        click.echo(f"probe curves written to {plot}", err=True)
+
+
 if __name__ == "__main__":
     main()

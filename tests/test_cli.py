@@ -62,3 +62,38 @@ def test_flow_fails_when_nothing_processed(tmp_path):
     (tmp_path / "v" / "a.mp4").write_bytes(b"garbage")
     r = bench("flow", "--videos", tmp_path / "v", "--out", tmp_path / "o")
     assert r.returncode == 1 and "no video could be processed" in r.stderr
+
+
+def test_results_command_on_hand_made_records(tmp_path):
+    from results.store import append_records, make_record
+
+    store = tmp_path / "records.jsonl"
+    append_records(store, [
+        make_record("voc07_cls", "mAP", 40.04, method="CPFS-KTA", protocol="krahenbuhl16-voc07-cls"),
+        make_record("voc07_cls", "mAP", 42.26, method="CPFS-KTA", protocol="krahenbuhl16-voc07-cls",
+                    deviations={"iters": 500}),  # later record of the same cell wins
+        make_record("imagenet_linear", "top1", 12.5, method="random", protocol="zhang17-linear-probe", layer="conv3"),
+    ])
+    r = bench("results", "--store", store, "--format", "md", "--table", "1")
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.startswith("| ours"))
+    assert "CPFS-KTA" in row and "42.3 [a]" in row and "40.0" not in row
+    assert "krahenbuhl16-voc07-cls (deviations: iters=500)" in r.stdout
+    assert "| paper |  | CPFS-KTA | Optical-flow | Self | 65.3 | 50.5 | 41.5 |" in r.stdout
+    r = bench("results", "--store", store, "--table", "2", "--format", "csv", "--plot", tmp_path / "probes.png")
+    assert r.returncode == 0, r.stderr
+    ours = [line for line in r.stdout.splitlines() if line.startswith("2,ours")]
+    assert len(ours) == 1 and ",12.5," in ours[0]
+    assert (tmp_path / "probes.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_world_voc_and_imagenet_commands(tmp_path):
+    r = bench("world", "voc", "--out", tmp_path / "voc", "--voc07-trainval", 6, "--voc07-test", 4,
+              "--voc12-trainval", 8)
+    assert r.returncode == 0, r.stderr
+    assert len((tmp_path / "voc" / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "test.txt").read_text().split()) == 4
+    r = bench("world", "imagenet", "--out", tmp_path / "inet", "--classes", 3, "--train-per-class", 2,
+              "--val-per-class", 1)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "inet" / "val").glob("*/*.JPEG"))) == 3

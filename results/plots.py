@@ -1,0 +1,85 @@
+"""Figures of the results: the per-layer ImageNet linear probes of Table 2 as curves."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from results.tables import build_table, describe_protocol
+
+#: The paper's Table 2 rows drawn as dashed references.
+PAPER_REFERENCE_ROWS = ("Krizhevsky et al. [30]", "Random", "CPFS-CE", "CPFS-CE-rev", "CPFS-KTA", "Ours direct cls.")
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf")
+
+
+def _points(row: Mapping, layers: list[str]) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for i, layer in enumerate(layers, 1):
+        v = row[layer]
+        if v is not None and not math.isnan(v):
+            xs.append(i)
+            ys.append(float(v))
+    return xs, ys
+
+
+def plot_linear_probes(records: Iterable[Mapping], png_path: str | os.PathLike, include_paper: bool = True) -> Path:
+    """Write a PNG of top-1 % per layer (conv1..conv5): one solid line with markers per method of ours
+    (records with task imagenet_linear, metric top1; the latest record per cell, as in Table 2) and,
+    when `include_paper`, the paper's CPFS rows, Random and Krizhevsky et al. as dashed, lighter
+    references. A method of ours whose name matches a paper row (case-insensitively) shares its
+    colour. The legend names each of our methods' protocol. Raises ValueError when there is no
+    linear-probe result of ours and include_paper is off. Returns the path written.
+
+    Uses the Agg canvas directly (no pyplot), so it neither needs a display nor changes the
+    caller's matplotlib backend.
+    """
+    df = build_table(records, 2)
+    layers = df.attrs["value_columns"]
+    protocols = df.attrs["protocols"]
+    ours = [r for r in df.to_dict("records") if r["source"] == "ours" and _points(r, layers)[0]]
+    paper = [r for r in df.to_dict("records") if r["source"] == "paper" and r["method"] in PAPER_REFERENCE_ROWS]
+    if not ours and not include_paper:
+        raise ValueError("nothing to plot: no ImageNet linear-probe records (task 'imagenet_linear', "
+                         "metric 'top1', layer conv1..conv5) and include_paper is off")
+
+    colour: dict[str, str] = {}
+    for r in ours:
+        colour[r["method"].casefold()] = _PALETTE[len(colour) % len(_PALETTE)]
+
+    fig = Figure(figsize=(10, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for r in ours:
+        xs, ys = _points(r, layers)
+        cells = protocols.get(r["method"], {})
+        names = list(dict.fromkeys(describe_protocol(c["protocol"], c["deviations"]) for c in cells.values()))
+        proto = names[0] if len(names) == 1 else "several protocols"
+        ax.plot(xs, ys, linestyle="-", marker="o", linewidth=2.0, color=colour[r["method"].casefold()],
+                label=f"{r['method']} (ours; {proto})", zorder=3)
+    if include_paper:
+        for r in paper:
+            key = r["method"].casefold()
+            if key not in colour:
+                colour[key] = _PALETTE[len(colour) % len(_PALETTE)]
+            xs, ys = _points(r, layers)
+            ax.plot(xs, ys, linestyle="--", marker=".", linewidth=1.2, alpha=0.45, color=colour[key],
+                    label=f"{r['method']} (paper)")
+
+    ax.set_xticks(range(1, len(layers) + 1), layers)
+    ax.set_xlim(0.7, len(layers) + 0.3)
+    ax.set_xlabel("layer (frozen trunk, linear probe)")
+    ax.set_ylabel("ImageNet top-1 accuracy (%)")
+    ax.set_title("ImageNet linear probes, top-1 % per layer (Table 2)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, format="png")
+    return png_path
