@@ -56,3 +56,27 @@ def default_flow_data(seed: int = 0, method: str = "dis-medium", progress: bool 
             if summary["failed"]:
                 raise RuntimeError(f"flow extraction of the embedded world failed; see {root / 'failures.txt'}")
     return root
+
+
+def default_voc_world(seed: int = 0, progress: bool = True) -> Path:
+    """The embedded VOC2007/VOC2012/SBD world (written on first use); pass it as a VOCdevkit root."""
+    from bench.world.voc import VOCWorldConfig, write_voc_world
+
+    root = bench_home() / "world" / f"voc-seed{seed}"
+    with _locked(bench_home() / "world" / ".voc.lock"):
+        if not (root / "world.json").exists():
+            click.echo(f"Writing the embedded VOC world to {root} (once; reused afterwards)", err=True)
+            write_voc_world(VOCWorldConfig(out=str(root), seed=seed), progress=progress)
+    return root
+
+
+def default_imagenet_world(seed: int = 0, progress: bool = True) -> Path:
+    """The embedded ImageNet-style world (written on first use): train/<wnid>/, val/<wnid>/."""
+    from bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
+
+    root = bench_home() / "world" / f"imagenet-seed{seed}"
+    with _locked(bench_home() / "world" / ".imagenet.lock"):
+        if not (root / "world.json").exists():
+            click.echo(f"Writing the embedded ImageNet world to {root} (once; reused afterwards)", err=True)
+            write_imagenet_world(ImageNetWorldConfig(out=str(root), seed=seed), progress=progress)
+    return root

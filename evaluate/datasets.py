@@ -237,3 +237,68 @@ def imagenet_samples(root, split) -> tuple[list[tuple[Path, int]], list[str]]:
     if not samples:
         raise DatasetFormatError(f"{split_dir}: class folders hold no images")
     return samples, classes
+
+
+class VOCClassification:
+    """Torch-style dataset over voc_classification_labels: item -> (image, labels int8 (20,) in {1, -1, 0}).
+
+    `transform` maps the RGB PIL image (e.g. torchvision transforms); None returns the PIL image."""
+
+    def __init__(self, root, year="2007", split="trainval", transform=None):
+        self.root, self.year, self.transform = root, str(year), transform
+        self.ids, self.labels = voc_classification_labels(root, self.year, split)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        image = Image.open(voc_image_path(self.root, self.year, self.ids[i])).convert("RGB")
+        return (self.transform(image) if self.transform else image), self.labels[i]
+
+
+class VOCDetection:
+    """Item -> (RGB PIL image, {"boxes" (K, 4) 1-based as in the XML, "labels" (K,) 0..19, "difficult" (K,)})."""
+
+    def __init__(self, root, year="2007", split="trainval"):
+        self.root, self.year = root, str(year)
+        self.annotations = voc_detection_annotations(root, self.year, split)
+        self.ids = list(self.annotations)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        boxes, labels, difficult = self.annotations[self.ids[i]]
+        image = Image.open(voc_image_path(self.root, self.year, self.ids[i])).convert("RGB")
+        return image, {"boxes": boxes, "labels": labels, "difficult": difficult, "image_id": self.ids[i]}
+
+
+class VOCSegmentation:
+    """Item -> (RGB PIL image, uint8 (H, W) class indices, 255 = ignore) for a VOC Segmentation list
+    (train, val, seg11valid, ...) or, with source="sbd", for SBD's train/val (masks from cls/*.mat;
+    images from SBD's img/)."""
+
+    def __init__(self, root, year="2012", split="train", source="voc"):
+        if source not in ("voc", "sbd"):
+            raise ValueError(f"source must be 'voc' or 'sbd', got {source!r}")
+        self.root, self.year, self.source = root, str(year), source
+        self.ids = sbd_ids(root, split) if source == "sbd" else voc_segmentation_ids(root, self.year, split)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        image_id = self.ids[i]
+        if self.source == "sbd":
+            folder = sbd_dir(self.root)
+            image_path = folder / "img" / f"{image_id}.jpg"
+            if not image_path.exists():
+                raise FileNotFoundError(f"{image_path}: image listed in the split file is missing")
+            mask = read_sbd_segmentation(folder / "cls" / f"{image_id}.mat")
+        else:
+            image_path = voc_image_path(self.root, self.year, image_id)
+            mask = read_segmentation_mask(voc_year_dir(self.root, self.year) / "SegmentationClass" / f"{image_id}.png")
+        image = Image.open(image_path).convert("RGB")
+        if image.size != (mask.shape[1], mask.shape[0]):
+            raise DatasetFormatError(f"{image_path}: image size {image.size} differs from its mask {mask.shape[::-1]}")
+        return image, mask

@@ -211,3 +211,20 @@ def test_world_is_deterministic(tmp_path):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     a, b = (json.loads((tmp_path / d / "world.json").read_text()) for d in "ab")
     assert a["config"].pop("out") != b["config"].pop("out") and a == b
+
+
+def test_training_wrappers_follow_the_readers(voc):
+    from evaluate.datasets import VOCClassification, VOCDetection, VOCSegmentation
+
+    root, truth = voc
+    cls = VOCClassification(root, "2007", "test")
+    image, labels = cls[3]
+    assert image.size == (truth[("2007", cls.ids[3])]["width"], truth[("2007", cls.ids[3])]["height"])
+    np.testing.assert_array_equal(labels, voc_classification_labels(root, "2007", "test")[1][3])
+    det = VOCDetection(root, "2012", "val")
+    image, target = det[0]
+    assert len(target["boxes"]) == len(truth[("2012", target["image_id"])]["objects"])
+    for source, split in (("voc", "seg11valid"), ("sbd", "train")):
+        seg = VOCSegmentation(root, "2012", split, source=source)
+        image, mask = seg[0]
+        assert mask.shape == (image.size[1], image.size[0]) and mask.dtype == np.uint8
