@@ -29,16 +29,38 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def cached_world(name: str, write, progress: bool = True) -> Path:
+    """bench_home()/world/<name>, written by write(root) on first use (complete once world.json exists)."""
+    root = bench_home() / "world" / name
+    with _locked(bench_home() / "world" / f".{name}.lock"):
+        if not (root / "world.json").exists():
+            click.echo(f"Writing the embedded {name} world to {root} (once; reused afterwards)", err=True)
+            write(root)
+    return root
+
+
 def default_video_world(seed: int = 0, progress: bool = True) -> Path:
-    """The embedded video world (written on first use): a folder with videos/ and gt_flow/."""
+    """The embedded video world: a folder with videos/ and gt_flow/."""
     from bench.world.videos import VideoWorldConfig, write_video_world
 
-    root = bench_home() / "world" / f"videos-seed{seed}"
-    with _locked(bench_home() / "world" / ".videos.lock"):
-        if not (root / "world.json").exists():
-            click.echo(f"Writing the embedded video world to {root} (once; reused afterwards)", err=True)
-            write_video_world(VideoWorldConfig(out=str(root), seed=seed), progress=progress)
-    return root
+    return cached_world(f"videos-seed{seed}", lambda root: write_video_world(
+        VideoWorldConfig(out=str(root), seed=seed), progress=progress), progress)
+
+
+def default_voc_world(seed: int = 0, progress: bool = True) -> Path:
+    """The embedded VOC2007/VOC2012/SBD world; pass it as a VOCdevkit root."""
+    from bench.world.voc import VOCWorldConfig, write_voc_world
+
+    return cached_world(f"voc-seed{seed}", lambda root: write_voc_world(
+        VOCWorldConfig(out=str(root), seed=seed), progress=progress), progress)
+
+
+def default_imagenet_world(seed: int = 0, progress: bool = True) -> Path:
+    """The embedded ImageNet-style world: train/<wnid>/, val/<wnid>/."""
+    from bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
+
+    return cached_world(f"imagenet-seed{seed}", lambda root: write_imagenet_world(
+        ImageNetWorldConfig(out=str(root), seed=seed), progress=progress), progress)
 
 
 def default_flow_data(seed: int = 0, method: str = "dis-medium", progress: bool = True) -> Path:
@@ -55,28 +77,4 @@ def default_flow_data(seed: int = 0, method: str = "dis-medium", progress: bool 
             summary = extract_flow(FlowConfig(videos=[str(world / "videos")], out=str(root), method=method), progress)
             if summary["failed"]:
                 raise RuntimeError(f"flow extraction of the embedded world failed; see {root / 'failures.txt'}")
-    return root
-
-
-def default_voc_world(seed: int = 0, progress: bool = True) -> Path:
-    """The embedded VOC2007/VOC2012/SBD world (written on first use); pass it as a VOCdevkit root."""
-    from bench.world.voc import VOCWorldConfig, write_voc_world
-
-    root = bench_home() / "world" / f"voc-seed{seed}"
-    with _locked(bench_home() / "world" / ".voc.lock"):
-        if not (root / "world.json").exists():
-            click.echo(f"Writing the embedded VOC world to {root} (once; reused afterwards)", err=True)
-            write_voc_world(VOCWorldConfig(out=str(root), seed=seed), progress=progress)
-    return root
-
-
-def default_imagenet_world(seed: int = 0, progress: bool = True) -> Path:
-    """The embedded ImageNet-style world (written on first use): train/<wnid>/, val/<wnid>/."""
-    from bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
-
-    root = bench_home() / "world" / f"imagenet-seed{seed}"
-    with _locked(bench_home() / "world" / ".imagenet.lock"):
-        if not (root / "world.json").exists():
-            click.echo(f"Writing the embedded ImageNet world to {root} (once; reused afterwards)", err=True)
-            write_imagenet_world(ImageNetWorldConfig(out=str(root), seed=seed), progress=progress)
     return root

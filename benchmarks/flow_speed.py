@@ -99,7 +99,7 @@ def main():
         print(f"| {'bench flow pipeline (all stages, all cores)':<46} | {pipeline:8.2f} |")
         best = min(dis_parallel, dis_threads)
         print(f"| {'ratio pipeline / best DIS alone (target <= 1.2)':<46} | {pipeline / best:8.2f} |")
-        print(f"\nper stage, one core, ms per frame or pair:")
+        print("\nper stage, one core, ms per frame or pair:")
         for k, v in stages.items():
             print(f"  {k:<46} {v * 1e3:7.2f}")
     finally:

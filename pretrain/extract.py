@@ -18,7 +18,6 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator
 
@@ -26,6 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from bench.parallel import parallel_map, worker_count
 from pretrain.flow import METHODS, atomic_write_bytes, encode_flow_png, flow_to_image, make_flow_estimator
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -135,7 +135,7 @@ def process_video(source: VideoSource, out: Path, config: FlowConfig) -> dict:
     (tmp / "frames").mkdir(parents=True)
     (tmp / "flow").mkdir()
     estimate = make_flow_estimator(config.method)
-    prev_gray = None
+    prev_gray = prev_frame = None
     n_frames = 0
     shape = None
     flow_seconds = 0.0
@@ -225,36 +225,24 @@ def extract_flow(config: FlowConfig, progress: bool = True) -> dict:
         )
     todo = [s for s in sources if finished_meta(out, s.name) is None]
     cores = os.cpu_count() or 1
-    workers = max(1, min(config.workers or cores, len(todo) or 1))
+    workers = worker_count(config.workers, len(todo))
     # one process per video, one OpenCV thread each; a lone video gets every core's threads instead
     threads = max(1, cores // workers)
     failures = []
     done = []
     start = time.perf_counter()
     jobs = [(s, out, config, threads) for s in todo]
-    bar = tqdm(total=len(todo), desc="flow", unit="video", disable=not progress)
     pairs = 0
-    if workers == 1:
-        results = map(_worker, jobs)
-        pool = None
-    else:
-        pool = get_context("spawn").Pool(workers)
-        results = pool.imap_unordered(_worker, jobs)
-    try:
-        for source, meta, error in results:
-            if error is None:
-                done.append(meta)
-                pairs += meta["pairs"]
-            else:
-                failures.append((source, error))
-                tqdm.write(f"failed: {source.path}: {error}", file=sys.stderr)
-            bar.update(1)
-            bar.set_postfix(pairs_per_s=f"{pairs / max(time.perf_counter() - start, 1e-9):.0f}")
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
+    bar = tqdm(parallel_map(_worker, jobs, workers, ordered=False), total=len(todo), desc="flow", unit="video",
+               disable=not progress)
+    for source, meta, error in bar:
+        if error is None:
+            done.append(meta)
+            pairs += meta["pairs"]
+        else:
+            failures.append((source, error))
+            tqdm.write(f"failed: {source.path}: {error}", file=sys.stderr)
+        bar.set_postfix(pairs_per_s=f"{pairs / max(time.perf_counter() - start, 1e-9):.0f}")
     lines = [f"{s.name}\t{s.path}\t{err}" for s, err in failures]
     atomic_write_bytes(out / "failures.txt", ("\n".join(lines) + ("\n" if lines else "")).encode())
     manifest = write_manifest(out)

@@ -7,15 +7,14 @@ folders use made-up WordNet-style ids (n9xxxxxxx), which no real synset has.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from bench.parallel import parallel_map, worker_count
 from bench.world.objects import background, class_appearance, object_mask, object_texture
 
 # offset so the ImageNet world's classes look different from the VOC world's 20
@@ -75,17 +74,9 @@ def write_imagenet_world(cfg: ImageNetWorldConfig, progress: bool = True) -> Pat
                     val_counter += 1
                     name = f"ILSVRC2012_val_{val_counter:08d}.JPEG"
                 jobs.append((cfg, split, k, i, str(folder / name)))
-    workers = max(1, min(cfg.workers or os.cpu_count() or 1, len(jobs)))
-    bar = tqdm(total=len(jobs), desc="world imagenet", unit="image", disable=not progress)
-    pool = get_context("spawn").Pool(workers) if workers > 1 else None
-    try:
-        for _ in (pool.imap_unordered(write_one, jobs, chunksize=16) if pool else map(write_one, jobs)):
-            bar.update(1)
-    finally:
-        bar.close()
-        if pool:
-            pool.close()
-            pool.join()
+    for _ in tqdm(parallel_map(write_one, jobs, worker_count(cfg.workers, len(jobs)), ordered=False, chunksize=16),
+                  total=len(jobs), desc="world imagenet", unit="image", disable=not progress):
+        pass
     (out / "world.json").write_text(json.dumps({"kind": "imagenet", "config": asdict(cfg),
                                                 "classes": [wnid(k) for k in range(cfg.classes)]}, indent=1))
     return out

@@ -17,13 +17,13 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from bench.parallel import parallel_map, worker_count
 from pretrain.flow import flow_to_image, write_flow_png
 
 
@@ -195,18 +195,7 @@ def write_video_world(cfg: VideoWorldConfig, progress: bool = True) -> Path:
     (out / "videos").mkdir(parents=True, exist_ok=True)
     (out / "previews").mkdir(exist_ok=True)
     jobs = [(i, cfg) for i in range(cfg.clips)]
-    workers = max(1, min(cfg.workers or os.cpu_count() or 1, cfg.clips))
-    bar = tqdm(total=cfg.clips, desc="world videos", unit="clip", disable=not progress)
-    clips = []
-    pool = get_context("spawn").Pool(workers) if workers > 1 else None
-    try:
-        for clip in (pool.imap(write_clip, jobs) if pool else map(write_clip, jobs)):
-            clips.append(clip)
-            bar.update(1)
-    finally:
-        bar.close()
-        if pool:
-            pool.close()
-            pool.join()
+    clips = list(tqdm(parallel_map(write_clip, jobs, worker_count(cfg.workers, len(jobs))), total=len(jobs),
+                      desc="world videos", unit="clip", disable=not progress))
     (out / "world.json").write_text(json.dumps({"kind": "videos", "config": asdict(cfg), "clips": clips}, indent=1))
     return out

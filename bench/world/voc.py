@@ -21,9 +21,7 @@ objects 255.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -32,6 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from bench.parallel import parallel_map, worker_count
 from bench.world.objects import background, class_appearance, object_mask, object_texture
 from evaluate.datasets import VOC_CLASSES, voc_palette
 
@@ -229,19 +228,10 @@ def write_voc_world(cfg: VOCWorldConfig, progress: bool = True) -> Path:
     in_sbd = set(rng.choice(pre2012, size=int(0.8 * len(pre2012)), replace=False).tolist())
 
     jobs = [(cfg, "2007", i, i in seg07, False) for i in ids07] + [(cfg, "2012", i, i in seg12, i in in_sbd) for i in ids12]
-    workers = max(1, min(cfg.workers or os.cpu_count() or 1, len(jobs)))
-    bar = tqdm(total=len(jobs), desc="world voc", unit="image", disable=not progress)
     records = {}
-    pool = get_context("spawn").Pool(workers) if workers > 1 else None
-    try:
-        for rec in (pool.imap(write_image, jobs, chunksize=8) if pool else map(write_image, jobs)):
-            records[(rec["year"], rec["id"])] = rec
-            bar.update(1)
-    finally:
-        bar.close()
-        if pool:
-            pool.close()
-            pool.join()
+    for rec in tqdm(parallel_map(write_image, jobs, worker_count(cfg.workers, len(jobs)), chunksize=8),
+                    total=len(jobs), desc="world voc", unit="image", disable=not progress):
+        records[(rec["year"], rec["id"])] = rec
 
     def halves(ids):
         p = rng.permutation(len(ids))
