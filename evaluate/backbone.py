@@ -1,0 +1,82 @@
+"""Load a frozen trunk for evaluation from a cpfs-bench checkpoint or a plain CaffeNet state_dict."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from bench.checkpoint import FORMAT, CheckpointError, load_checkpoint
+from pretrain.alexnet import CaffeNet, build_trunk
+from pretrain.data import MEAN, STD
+
+
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _strip_prefix(state: dict) -> dict:
+    """Accept state dicts saved from wrappers (DataParallel's 'module.', a 'trunk.' attribute)."""
+    for prefix in ("module.", "trunk.", "backbone."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_trunk(path, device="cpu") -> tuple[CaffeNet, dict]:
+    """(trunk in eval mode with requires_grad off, info {arch, format, loss, sha256, mean, std}).
+
+    Accepts the project's checkpoint format, or a plain state_dict of CaffeNet (with or without
+    BatchNorm, detected from the keys). Anything else -> CheckpointError listing the missing and
+    unexpected keys against what was expected."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a loadable PyTorch file ({type(e).__name__}: {e})") from e
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        ckpt = load_checkpoint(path)
+        arch, state, fmt, loss = ckpt["arch"], ckpt["trunk"], "cpfs-bench", ckpt["loss"]
+        norm = ckpt.get("extra", {}).get("normalization", {"mean": list(MEAN), "std": list(STD)})
+    elif isinstance(raw, dict) and raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+        state = _strip_prefix(raw)
+        arch = "caffenet_bn" if any(k.endswith("running_mean") for k in state) else "caffenet"
+        fmt, loss, norm = "state_dict", None, {"mean": list(MEAN), "std": list(STD)}
+    else:
+        raise CheckpointError(f"{path}: expected a cpfs-bench checkpoint or a plain CaffeNet state_dict "
+                              f"(a dict of tensors), got {type(raw).__name__}")
+    trunk = build_trunk(arch)
+    expected = trunk.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        raise CheckpointError(
+            f"{path}: does not match a {arch} trunk (the CaffeNet layout of pretrain/alexnet.py, keys like "
+            f"conv1.0.weight); missing keys: {missing[:8]}{' ...' if len(missing) > 8 else ''}; unexpected keys: "
+            f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}; wrong shapes: {wrong_shape[:8]}")
+    trunk.load_state_dict(state)
+    trunk.to(device).eval()
+    for p in trunk.parameters():
+        p.requires_grad_(False)
+    return trunk, {"arch": arch, "format": fmt, "loss": loss, "sha256": sha256_of(path),
+                   "mean": norm["mean"], "std": norm["std"], "path": str(path.resolve())}
+
+
+def trunk_fingerprint(trunk: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter and buffer (BN running statistics included)."""
+    return {k: v.detach().clone() for k, v in trunk.state_dict().items()}
+
+
+def assert_trunk_unchanged(trunk: torch.nn.Module, fingerprint: dict[str, torch.Tensor]) -> None:
+    """MoCo-style sanity check: the frozen trunk must be bit-identical after evaluation."""
+    changed = [k for k, v in trunk.state_dict().items() if not torch.equal(v.detach().cpu(), fingerprint[k].cpu())]
+    if changed:
+        raise RuntimeError(f"the frozen trunk changed during evaluation (weights or BN statistics): {changed[:8]}"
+                           " -- the evaluation is invalid")
