@@ -174,6 +174,44 @@ def pretrain_cmd(**kw):
                if s["first_loss"] is not None else f"pretrain {kw['loss']}: nothing to do, {s['checkpoint']} is at step {s['steps']}")
 
 
+@main.group("eval")
+def eval_group():
+    """Evaluate a checkpoint on a transfer benchmark; every number is appended to the results store."""
+
+
+@eval_group.command("linear-probe")
+@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="cpfs-bench checkpoint or a plain CaffeNet state_dict.")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="ImageNet root (train/<wnid>/, val/<wnid>/). Default: the embedded world, with --preset smoke.")
+@click.option("--layers", default=",".join(("conv1", "conv2", "conv3", "conv4", "conv5")), show_default=True)
+@click.option("--pooling", type=click.Choice(["avg", "bilinear"]), default="avg", show_default=True,
+              help="avg = FAIR/VISSL pooling; bilinear = Zhang et al.'s resize.")
+@click.option("--epochs", type=int, default=28, show_default=True, help="The lr drops (8/16/24 of 28) scale with it.")
+@click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--preset", type=click.Choice(["smoke"]), default=None,
+              help="smoke: 3 epochs, batch 32 (recorded as a deviation); the embedded world's default.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", type=int, default=None, help="Data-loading processes [0 on CPU, 8 on CUDA].")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Probe run folder [runs/linear-probe-<ckpt>].")
+@click.option("--resume", is_flag=True, help="Continue the probe run in --out.")
+@click.option("--store", type=click.Path(dir_okay=False), default=None, help="Results records file.")
+@click.option("--method", default=None, help="Row name in the tables [from the checkpoint].")
+@fails_cleanly
+def eval_linear_probe(layers, **kw):
+    """ImageNet per-layer linear probes on the frozen trunk (paper Table 2), all layers in one pass:
+    avg-pooled conv1..conv5 (~9k dims) -> BatchNorm (no affine) -> linear; SGD 0.01, momentum 0.9,
+    wd 5e-4, batch 256, 28 epochs, lr x0.1 at 8/16/24; top-1/top-5 on val."""
+    from evaluate.linear_probe import ProbeConfig, run
+
+    s = run(ProbeConfig(layers=tuple(x.strip() for x in layers.split(",") if x.strip()), **kw))
+    for layer, sc in s["scores"].items():
+        click.echo(f"{layer}: top-1 {sc['top1']:.1f}%  top-5 {sc['top5']:.1f}%  ({s['dims'][layer]} dims)")
+    click.echo(f"linear-probe {s['method']}: records appended to {s['store']}"
+               + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
+
+
 @main.command("results")
 @click.option("--store", type=click.Path(dir_okay=False), default=None,
               help="Records file (JSON lines) [$CPFS_BENCH_HOME/results/records.jsonl].")

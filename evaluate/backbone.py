@@ -80,3 +80,13 @@ def assert_trunk_unchanged(trunk: torch.nn.Module, fingerprint: dict[str, torch.
     if changed:
         raise RuntimeError(f"the frozen trunk changed during evaluation (weights or BN statistics): {changed[:8]}"
                            " -- the evaluation is invalid")
+
+
+LOSS_METHOD_NAMES = {"kta": "CPFS-KTA", "ce": "CPFS-CE", "ce-rev": "CPFS-CE-rev", "direct-cls": "CPFS direct cls"}
+
+
+def default_method_name(info: dict, path) -> str:
+    """The table row name for a checkpoint: CPFS-<loss> for our pretraining losses, else the loss
+    (baseline) name or the file's stem."""
+    loss = info.get("loss")
+    return LOSS_METHOD_NAMES.get(loss, loss or Path(path).stem)

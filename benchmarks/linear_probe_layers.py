@@ -1,0 +1,60 @@
+"""Wall time of training all five layer probes together vs a single-layer probe, same data.
+
+One SGD step per batch on synthetic 227x227 images through the frozen trunk (eval mode, no grad), as
+evaluate/linear_probe.py does. Target (shared/TARGETS.md): five layers <= 1.3x one layer.
+
+    python benchmarks/linear_probe_layers.py [--batch-size 32] [--batches 6] [--classes 1000]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from evaluate.features import PROBE_LAYERS, pool_layer
+from evaluate.linear_probe import LayerProbes, pooled_dims
+from pretrain.alexnet import build_trunk
+
+
+def probe_epoch(trunk, layers, images, labels, classes):
+    probes = LayerProbes(pooled_dims(layers), classes)
+    opt = torch.optim.SGD(probes.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
+    t = time.perf_counter()
+    for x, y in zip(images, labels):
+        with torch.no_grad():
+            acts = trunk.activations(x, layers)
+            feats = {layer: pool_layer(acts[layer], layer) for layer in layers}
+        loss = sum(F.cross_entropy(out, y) for out in probes(feats).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batches", type=int, default=6)
+    ap.add_argument("--classes", type=int, default=1000)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    trunk = build_trunk("caffenet_bn").eval()
+    images = [torch.randn(args.batch_size, 3, 227, 227) for _ in range(args.batches)]
+    labels = [torch.randint(0, args.classes, (args.batch_size,)) for _ in range(args.batches)]
+    probe_epoch(trunk, ("conv5",), images[:1], labels[:1], args.classes)  # warm-up
+    rows = [("conv5 only", probe_epoch(trunk, ("conv5",), images, labels, args.classes)),
+            ("conv1 only", probe_epoch(trunk, ("conv1",), images, labels, args.classes)),
+            ("all five layers, one pass", probe_epoch(trunk, PROBE_LAYERS, images, labels, args.classes))]
+    n = args.batch_size * args.batches
+    print(f"\n{n} images of 227x227, {args.classes} classes, {torch.get_num_threads()} threads, CPU")
+    print(f"| {'probes':<28} | {'s':>7} | {'images/s':>9} |")
+    print(f"|{'-' * 30}|{'-' * 9}|{'-' * 11}|")
+    for name, s in rows:
+        print(f"| {name:<28} | {s:7.2f} | {n / s:9.1f} |")
+    print(f"\nfive layers / conv5 alone: {rows[2][1] / rows[0][1]:.2f}x (target <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()

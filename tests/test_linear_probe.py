@@ -1,0 +1,113 @@
+"""evaluate/linear_probe.py, evaluate/features.py, evaluate/backbone.py."""
+import pytest
+import torch
+
+from bench.checkpoint import CheckpointError, save_checkpoint
+from bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
+from evaluate.backbone import assert_trunk_unchanged, load_trunk, trunk_fingerprint
+from evaluate.features import pooled_features
+from evaluate.linear_probe import LayerProbes, ProbeConfig, pooled_dims, run
+from pretrain.alexnet import build_trunk
+from results.store import read_records
+
+EXPECTED_DIMS = {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv5": 9216}
+
+
+@pytest.mark.parametrize("pooling", ["avg", "bilinear"])
+def test_pooled_feature_sizes(pooling):
+    trunk = build_trunk("caffenet_bn").eval()
+    feats = pooled_features(trunk, torch.randn(2, 3, 227, 227), pooling=pooling)
+    assert {k: v.shape for k, v in feats.items()} == {k: (2, d) for k, d in EXPECTED_DIMS.items()}
+    assert pooled_dims(EXPECTED_DIMS, 227, pooling) == EXPECTED_DIMS
+
+
+def test_probe_learns_a_planted_linear_signal():
+    torch.manual_seed(0)
+    n, d, classes = 2000, 100, 5
+    x = torch.randn(n, d) * 3 + 1  # uncentred, unscaled: the affine-free BatchNorm must handle it
+    w = torch.randn(d, classes)
+    y = (x @ w).argmax(1)
+    probes = LayerProbes({"conv3": d}, classes)
+    opt = torch.optim.SGD(probes.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(15):
+        for i in range(0, 1500, 50):
+            loss = torch.nn.functional.cross_entropy(probes({"conv3": x[i:i + 50]})["conv3"], y[i:i + 50])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    probes.eval()
+    accuracy = (probes({"conv3": x[1500:]})["conv3"].argmax(1) == y[1500:]).float().mean().item()
+    assert accuracy > 0.85  # chance 0.2
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inet")
+    write_imagenet_world(ImageNetWorldConfig(out=str(root), classes=3, train_per_class=4, val_per_class=2, size=64,
+                                             workers=1), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def random_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "random.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, arch="caffenet_bn", trunk=build_trunk("caffenet_bn").state_dict(), head={}, loss="random",
+                    step=0, config={})
+    return path
+
+
+def test_run_end_to_end_records_and_resume(tiny_imagenet, random_ckpt, tmp_path):
+    cfg = dict(ckpt=str(random_ckpt), data=str(tiny_imagenet), epochs=1, batch_size=4, out=str(tmp_path / "run"),
+               store=str(tmp_path / "records.jsonl"))
+    summary = run(ProbeConfig(**cfg), progress=False)
+    records = read_records(tmp_path / "records.jsonl")
+    assert len(records) == 10 and {r["layer"] for r in records} == set(EXPECTED_DIMS)
+    for r in records:
+        assert r["task"] == "imagenet_linear" and r["metric"] in ("top1", "top5") and r["method"] == "random"
+        assert r["extra"]["input_dim"] == EXPECTED_DIMS[r["layer"]] and 0 <= r["value"] <= 100
+        assert r["deviations"] == {"epochs": 1, "batch_size": 4}
+    assert all(s["top5"] == 100.0 for s in summary["scores"].values())  # 3 classes: top-5 holds all
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(ProbeConfig(**cfg), progress=False)
+    resumed = run(ProbeConfig(**{**cfg, "epochs": 2}, resume=True), progress=False)
+    assert set(resumed["scores"]) == set(EXPECTED_DIMS)
+
+
+def test_frozen_trunk_check_catches_a_change(tiny_imagenet, random_ckpt, tmp_path, monkeypatch):
+    trunk, _ = load_trunk(random_ckpt)
+    fingerprint = trunk_fingerprint(trunk)
+    assert_trunk_unchanged(trunk, fingerprint)
+    trunk.conv3[1].running_mean += 0.001
+    with pytest.raises(RuntimeError, match="conv3.1.running_mean"):
+        assert_trunk_unchanged(trunk, fingerprint)
+
+    import evaluate.linear_probe as lp
+
+    def forgot_eval_mode(path, device="cpu"):  # a classic bug: BN statistics drift in train mode
+        t, info = load_trunk(path, device)
+        return t.train(), info
+
+    monkeypatch.setattr(lp, "load_trunk", forgot_eval_mode)
+    with pytest.raises(RuntimeError, match="frozen trunk changed"):
+        run(ProbeConfig(ckpt=str(random_ckpt), data=str(tiny_imagenet), epochs=1, batch_size=4,
+                        out=str(tmp_path / "run"), store=str(tmp_path / "r.jsonl")), progress=False)
+
+
+def test_checkpoint_formats(tmp_path):
+    trunk = build_trunk("caffenet")
+    torch.save(trunk.state_dict(), tmp_path / "plain.pt")
+    loaded, info = load_trunk(tmp_path / "plain.pt")
+    assert info["arch"] == "caffenet" and info["format"] == "state_dict"
+    assert torch.equal(loaded.conv1[0].weight, trunk.conv1[0].weight)
+    torch.save({"module." + k: v for k, v in build_trunk("caffenet_bn").state_dict().items()}, tmp_path / "dp.pt")
+    assert load_trunk(tmp_path / "dp.pt")[1]["arch"] == "caffenet_bn"
+    import torchvision
+
+    torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "tv.pt")
+    with pytest.raises(CheckpointError, match=r"tv.pt: does not match.*missing keys: \['conv1.0.bias'.*unexpected keys: "
+                                              r"\['classifier.1.bias'"):
+        load_trunk(tmp_path / "tv.pt")
+    torch.save({"weights": [1, 2]}, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match="odd.pt: expected a cpfs-bench checkpoint or a plain CaffeNet"):
+        load_trunk(tmp_path / "odd.pt")
