@@ -212,6 +212,39 @@ def eval_linear_probe(layers, **kw):
                + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
 
 
+@eval_group.command("voc07-svm")
+@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="cpfs-bench checkpoint or a plain CaffeNet state_dict.")
+@click.option("--voc", type=click.Path(file_okay=False), default=None,
+              help="VOCdevkit root (or its parent). Default: the embedded world, with --preset smoke.")
+@click.option("--layers", default=",".join(("conv1", "conv2", "conv3", "conv4", "conv5")), show_default=True)
+@click.option("--pooling", type=click.Choice(["avg", "bilinear"]), default="avg", show_default=True)
+@click.option("--costs", default=None, help="Comma-separated C sweep [Goyal et al.'s 26 costs].")
+@click.option("--preset", type=click.Choice(["smoke"]), default=None,
+              help="smoke: costs 0.01,0.1,1,10 (recorded as a deviation); the embedded world's default.")
+@click.option("--workers", type=int, default=0, show_default=True, help="SVM processes; 0 = every core.")
+@click.option("--cache", type=click.Path(file_okay=False), default=None,
+              help="Feature cache [$CPFS_BENCH_HOME/cache/features].")
+@click.option("--store", type=click.Path(dir_okay=False), default=None, help="Results records file.")
+@click.option("--method", default=None, help="Row name in the tables [from the checkpoint].")
+@click.option("--device", default="cpu", show_default=True)
+@fails_cleanly
+def eval_voc07_svm(layers, costs, **kw):
+    """VOC07 per-layer linear SVMs (Goyal et al. 2019): pooled conv1..conv5 features of trainval/test
+    (extracted once, cached), L2-normalised; one LinearSVC per class, weights {+1: 2, -1: 1}, cost by
+    3-fold cross-validated AP; difficult = negative in training, excluded at test; all-point AP."""
+    from evaluate.voc07_svm import SVMConfig, run
+
+    cfg = SVMConfig(layers=tuple(x.strip() for x in layers.split(",") if x.strip()), **kw)
+    if costs:
+        cfg.costs = tuple(float(c) for c in costs.split(","))
+    s = run(cfg)
+    for layer, value in s["mAP"].items():
+        click.echo(f"{layer}: VOC07 SVM mAP {value:.1f}%")
+    click.echo(f"voc07-svm {s['method']}: records appended to {s['store']}"
+               + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
+
+
 @main.command("results")
 @click.option("--store", type=click.Path(dir_okay=False), default=None,
               help="Records file (JSON lines) [$CPFS_BENCH_HOME/results/records.jsonl].")
