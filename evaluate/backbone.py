@@ -1,7 +1,6 @@
 """Load a frozen trunk for evaluation from a cpfs-bench checkpoint or a plain CaffeNet state_dict."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -9,14 +8,7 @@ import torch
 from bench.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from pretrain.alexnet import CaffeNet, build_trunk
 from pretrain.data import MEAN, STD
-
-
-def sha256_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from results.store import sha256_file
 
 
 def _strip_prefix(state: dict) -> dict:
@@ -65,7 +57,7 @@ def load_trunk(path, device="cpu") -> tuple[CaffeNet, dict]:
     trunk.to(device).eval()
     for p in trunk.parameters():
         p.requires_grad_(False)
-    return trunk, {"arch": arch, "format": fmt, "loss": loss, "sha256": sha256_of(path),
+    return trunk, {"arch": arch, "format": fmt, "loss": loss, "sha256": sha256_file(path),
                    "mean": norm["mean"], "std": norm["std"], "path": str(path.resolve())}
 
 

@@ -225,7 +225,8 @@ def run(cfg: ProbeConfig, progress: bool = True) -> dict:
 
     method = cfg.method or default_method_name(info, cfg.ckpt)
     records = [make_record("imagenet_linear", metric, scores[layer][metric], method=method, protocol=PROTOCOL,
-                           layer=layer, deviations=cfg.deviations, checkpoint=cfg.ckpt, dataset=cfg.data, split="val",
+                           layer=layer, deviations=cfg.deviations, checkpoint=cfg.ckpt, checkpoint_sha256=info["sha256"],
+                           dataset=cfg.data, split="val",
                            extra={"input_dim": dims[layer], "classes": len(classes), "pooling": cfg.pooling})
                for layer in cfg.layers for metric in ("top1", "top5")]
     store = Path(cfg.store) if cfg.store else default_store()

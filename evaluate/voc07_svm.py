@@ -66,6 +66,7 @@ from tqdm import tqdm
 from bench.parallel import worker_count
 from evaluate.datasets import VOC_CLASSES, voc_classification_labels, voc_image_path, voc_year_dir
 from evaluate.metrics import classification_ap
+from pretrain.flow import atomic_write_bytes
 
 # torch (through evaluate.features) is imported only where features are extracted: the SVM worker
 # processes import this module, and torch + torchvision would add seconds to each one's start-up.
@@ -169,14 +170,8 @@ def feature_cache_dir(cache_root, checkpoint_sha256: str, voc, split: str, image
     folder = Path(cache_root) / f"voc07-{split}-{digest}"
     if not (folder / "key.json").exists():
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(folder / "key.json", json.dumps(key, indent=1))
+        atomic_write_bytes(folder / "key.json", json.dumps(key, indent=1).encode())
     return folder
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _load_cached(path: Path, rows: int):
@@ -456,7 +451,7 @@ def run(cfg: SVMConfig, progress: bool = True) -> dict:
               file=sys.stderr)
         records.append(make_record(
             TASK, "mAP", mean_ap, method=method, protocol=PROTOCOL, layer=layer, deviations=deviations,
-            checkpoint=cfg.ckpt, dataset=voc, split="test",
+            checkpoint=cfg.ckpt, checkpoint_sha256=info["sha256"], dataset=voc, split="test",
             extra={"feature_dim": dim, "best_costs": best,
                    "ap": {c: (None if math.isnan(a) else a) for c, a in ap.items()},
                    "skipped_classes": skipped, "notes": notes, "cv_metric": CV_METRIC, "test_metric": TEST_METRIC,

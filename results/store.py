@@ -110,11 +110,12 @@ def _json_dict(name: str, value: Any) -> dict:
 def make_record(task: str, metric: str, value: float, *, method: str, protocol: str, layer: str | None = None,
                 deviations: Mapping[str, Any] | None = None, checkpoint: str | os.PathLike | None = None,
                 dataset: str | os.PathLike | None = None, split: str | None = None,
-                extra: Mapping[str, Any] | None = None) -> dict:
+                extra: Mapping[str, Any] | None = None, checkpoint_sha256: str | None = None) -> dict:
     """One result record (a plain dict, field order as in `FIELDS`); see the `results` package docstring.
 
     `value` is in percent (0..100). `deviations` lists every setting that differs from `protocol`
-    ({} when none). The checkpoint file is hashed (streamed); a missing checkpoint file raises
+    ({} when none). The checkpoint file is hashed (streamed) unless its `checkpoint_sha256` is given
+    (evaluations hash it once when loading it, not once per record); a missing checkpoint file raises
     FileNotFoundError. Bad inputs raise ValueError naming the problem.
     """
     task = _nonempty_str("task", task)
@@ -138,7 +139,7 @@ def make_record(task: str, metric: str, value: float, *, method: str, protocol: 
         p = Path(os.fspath(checkpoint)).expanduser()
         if not p.is_file():
             raise FileNotFoundError(f"checkpoint {str(p)!r} is not a file; cannot record its sha256")
-        ckpt_path, ckpt_sha = str(p.resolve()), sha256_file(p)
+        ckpt_path, ckpt_sha = str(p.resolve()), checkpoint_sha256 or sha256_file(p)
     data_path = None
     if dataset is not None:
         d = Path(os.fspath(dataset)).expanduser()

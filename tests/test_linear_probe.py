@@ -1,4 +1,6 @@
 """evaluate/linear_probe.py, evaluate/features.py, evaluate/backbone.py."""
+import hashlib
+
 import pytest
 import torch
 
@@ -67,6 +69,7 @@ def test_run_end_to_end_records_and_resume(tiny_imagenet, random_ckpt, tmp_path)
         assert r["task"] == "imagenet_linear" and r["metric"] in ("top1", "top5") and r["method"] == "random"
         assert r["extra"]["input_dim"] == EXPECTED_DIMS[r["layer"]] and 0 <= r["value"] <= 100
         assert r["deviations"] == {"epochs": 1, "batch_size": 4}
+        assert r["checkpoint_sha256"] == hashlib.sha256(random_ckpt.read_bytes()).hexdigest()
     assert all(s["top5"] == 100.0 for s in summary["scores"].values())  # 3 classes: top-5 holds all
     with pytest.raises(FileExistsError, match="--resume"):
         run(ProbeConfig(**cfg), progress=False)
