@@ -14,7 +14,7 @@ from bench.checkpoint import save_checkpoint
 from bench.world.voc import VOCWorldConfig, write_voc_world
 from evaluate.datasets import VOC_CLASSES
 from evaluate.features import PROBE_LAYERS
-from evaluate.voc07_svm import GOYAL19_COSTS, PROTOCOL, SVMConfig, run, svm_layer
+from evaluate.voc07_svm import GOYAL19_COSTS, PROTOCOL, SVMConfig, row_space_coordinates, run, svm_layer
 from pretrain.alexnet import build_trunk
 from results.store import read_records
 
@@ -61,6 +61,23 @@ def reference_pipeline(train_x, train_labels, test_x, test_labels, costs, folds)
         out["ap"].append(all_point_ap(test_labels[keep, k] == 1, scores[keep]))
         out["sklearn_ap"].append(average_precision_score(test_labels[keep, k] == 1, scores[keep]))
     return {k: np.array(v) if k != "best_cost" else v for k, v in out.items()}
+
+
+def test_row_space_coordinates_keep_inner_products_and_solver_steps():
+    train_x, train_labels, test_x, _ = synthetic_problem(60, 30, 500, 3, seed=4)
+    train_x, test_x = train_x.astype(np.float64), test_x.astype(np.float64)
+    train_r, test_r = row_space_coordinates(train_x, test_x)
+    assert train_r.shape == (60, 60) and test_r.shape == (30, 60)
+    np.testing.assert_allclose(train_r @ train_r.T, train_x @ train_x.T, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(test_r @ train_r.T, test_x @ train_x.T, rtol=1e-12, atol=1e-9)
+    y = np.where(train_labels[:, 0] == 1, 1, -1)
+    for cost in (0.01, 1.0, 100.0):  # the dual solver takes the same steps on both
+        full = LinearSVC(C=cost, dual=True, class_weight={1: 2, -1: 1}, tol=1e-4, max_iter=10_000,
+                         random_state=0).fit(train_x, y)
+        reduced = clone(full).fit(train_r, y)
+        assert reduced.n_iter_ == full.n_iter_
+        np.testing.assert_allclose(reduced.decision_function(test_r), full.decision_function(test_x),
+                                   rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("dim", [150, 40], ids=["dual", "primal"])
