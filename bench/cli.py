@@ -181,7 +181,7 @@ def eval_group():
 
 @eval_group.command("linear-probe")
 @click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="cpfs-bench checkpoint or a plain CaffeNet state_dict.")
+              help="cpfs-bench checkpoint, or a plain CaffeNet or torchvision AlexNet state_dict.")
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="ImageNet root (train/<wnid>/, val/<wnid>/). Default: the embedded world, with --preset smoke.")
 @click.option("--layers", default=",".join(("conv1", "conv2", "conv3", "conv4", "conv5")), show_default=True)
@@ -214,14 +214,14 @@ def eval_linear_probe(layers, **kw):
 
 @eval_group.command("voc07-svm")
 @click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="cpfs-bench checkpoint or a plain CaffeNet state_dict.")
+              help="cpfs-bench checkpoint, or a plain CaffeNet or torchvision AlexNet state_dict.")
 @click.option("--voc", type=click.Path(file_okay=False), default=None,
-              help="VOCdevkit root (or its parent). Default: the embedded world, with --preset smoke.")
+              help="VOCdevkit root (or its parent). Default: the embedded world.")
 @click.option("--layers", default=",".join(("conv1", "conv2", "conv3", "conv4", "conv5")), show_default=True)
 @click.option("--pooling", type=click.Choice(["avg", "bilinear"]), default="avg", show_default=True)
 @click.option("--costs", default=None, help="Comma-separated C sweep [Goyal et al.'s 26 costs].")
 @click.option("--preset", type=click.Choice(["smoke"]), default=None,
-              help="smoke: costs 0.01,0.1,1,10 (recorded as a deviation); the embedded world's default.")
+              help="smoke: costs 0.01,0.1,1,10 only, a quick look (recorded as a deviation).")
 @click.option("--workers", type=int, default=0, show_default=True, help="SVM processes; 0 = every core.")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Feature cache [$CPFS_BENCH_HOME/cache/features].")

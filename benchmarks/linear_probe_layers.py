@@ -13,19 +13,17 @@ import time
 import torch
 import torch.nn.functional as F
 
-from evaluate.features import PROBE_LAYERS, pool_layer
-from evaluate.linear_probe import LayerProbes, pooled_dims
+from evaluate.features import PROBE_LAYERS, pooled_dims, pooled_features
+from evaluate.linear_probe import LayerProbes
 from pretrain.alexnet import build_trunk
 
 
 def probe_epoch(trunk, layers, images, labels, classes):
-    probes = LayerProbes(pooled_dims(layers), classes)
+    probes = LayerProbes(pooled_dims(trunk, layers), classes)
     opt = torch.optim.SGD(probes.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
     t = time.perf_counter()
     for x, y in zip(images, labels):
-        with torch.no_grad():
-            acts = trunk.activations(x, layers)
-            feats = {layer: pool_layer(acts[layer], layer) for layer in layers}
+        feats = pooled_features(trunk, x, layers)  # one forward, no grad
         loss = sum(F.cross_entropy(out, y) for out in probes(feats).values())
         opt.zero_grad()
         loss.backward()

@@ -1,4 +1,5 @@
-"""Load a frozen trunk for evaluation from a cpfs-bench checkpoint or a plain CaffeNet state_dict."""
+"""Load a frozen trunk for evaluation from a cpfs-bench checkpoint or a plain state_dict (CaffeNet, or
+torchvision's AlexNet)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import torch
 
 from bench.checkpoint import FORMAT, CheckpointError, load_checkpoint
-from pretrain.alexnet import CaffeNet, build_trunk
+from pretrain.alexnet import build_trunk
 from pretrain.data import MEAN, STD
 from results.store import sha256_file
 
@@ -19,12 +20,27 @@ def _strip_prefix(state: dict) -> dict:
     return state
 
 
-def load_trunk(path, device="cpu") -> tuple[CaffeNet, dict]:
-    """(trunk in eval mode with requires_grad off, info {arch, format, loss, sha256, mean, std}).
+EXPECTED_LAYOUT = {
+    "caffenet_bn": "CaffeNet with BatchNorm as in pretrain/alexnet.py, keys like conv1.0.weight, conv1.1.running_mean",
+    "caffenet": "CaffeNet as in pretrain/alexnet.py, keys like conv1.0.weight, conv1.0.bias",
+    "alexnet": "torchvision.models.alexnet(), keys features.0.weight ... classifier.4.bias (classifier.6 is ignored)",
+}
+
+
+def _plain_state_dict_arch(state: dict) -> str:
+    """Which trunk a plain state_dict is for, from its keys."""
+    if any(k.startswith("features.") for k in state):
+        return "alexnet"
+    return "caffenet_bn" if any(k.endswith("running_mean") for k in state) else "caffenet"
+
+
+def load_trunk(path, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """(trunk in eval mode with requires_grad off, info {arch, format, loss, sha256, mean, std, path}).
 
     Accepts the project's checkpoint format, or a plain state_dict of CaffeNet (with or without
-    BatchNorm, detected from the keys). Anything else -> CheckpointError listing the missing and
-    unexpected keys against what was expected."""
+    BatchNorm) or of torchvision's AlexNet (its 1000-way classifier.6 is dropped), told apart by
+    the keys. Anything else -> CheckpointError listing the missing and unexpected keys against what
+    was expected."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -38,11 +54,13 @@ def load_trunk(path, device="cpu") -> tuple[CaffeNet, dict]:
         norm = ckpt.get("extra", {}).get("normalization", {"mean": list(MEAN), "std": list(STD)})
     elif isinstance(raw, dict) and raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
         state = _strip_prefix(raw)
-        arch = "caffenet_bn" if any(k.endswith("running_mean") for k in state) else "caffenet"
+        arch = _plain_state_dict_arch(state)
+        if arch == "alexnet":  # the ImageNet classifier is not part of the trunk
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.6.")}
         fmt, loss, norm = "state_dict", None, {"mean": list(MEAN), "std": list(STD)}
     else:
-        raise CheckpointError(f"{path}: expected a cpfs-bench checkpoint or a plain CaffeNet state_dict "
-                              f"(a dict of tensors), got {type(raw).__name__}")
+        raise CheckpointError(f"{path}: expected a cpfs-bench checkpoint or a plain CaffeNet / torchvision AlexNet "
+                              f"state_dict (a dict of tensors), got {type(raw).__name__}")
     trunk = build_trunk(arch)
     expected = trunk.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -50,8 +68,7 @@ def load_trunk(path, device="cpu") -> tuple[CaffeNet, dict]:
     wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong_shape:
         raise CheckpointError(
-            f"{path}: does not match a {arch} trunk (the CaffeNet layout of pretrain/alexnet.py, keys like "
-            f"conv1.0.weight); missing keys: {missing[:8]}{' ...' if len(missing) > 8 else ''}; unexpected keys: "
+            f"{path}: does not match a {arch} trunk ({EXPECTED_LAYOUT[arch]}); missing keys: {missing[:8]}{' ...' if len(missing) > 8 else ''}; unexpected keys: "
             f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}; wrong shapes: {wrong_shape[:8]}")
     trunk.load_state_dict(state)
     trunk.to(device).eval()

@@ -25,8 +25,7 @@ from tqdm import tqdm
 from bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from evaluate.backbone import assert_trunk_unchanged, default_method_name, load_trunk, trunk_fingerprint
 from evaluate.datasets import imagenet_samples
-from evaluate.features import POOLINGS, PROBE_LAYERS, eval_transform, pool_layer, train_transform
-from pretrain.alexnet import CHANNELS
+from evaluate.features import POOLINGS, PROBE_LAYERS, eval_transform, pooled_dims, pooled_features, train_transform
 from pretrain.train import resolve_device
 
 PROTOCOL = "fair-imagenet-linear-probe"
@@ -119,16 +118,6 @@ class LayerProbes(nn.Module):
         return {layer: probe(features[layer]) for layer, probe in self.probes.items()}
 
 
-def pooled_dims(layers, crop: int = 227, pooling: str = "avg") -> dict[str, int]:
-    """Input dimension of each layer's probe, from a dry run of the pooling on the layer's map size."""
-    sizes = {"conv1": (crop - 11) // 4 + 1}
-    sizes["conv2"] = (sizes["conv1"] - 3) // 2 + 1
-    for layer in ("conv3", "conv4", "conv5"):
-        sizes[layer] = (sizes["conv2"] - 3) // 2 + 1
-    return {layer: pool_layer(torch.zeros(1, CHANNELS[layer], sizes[layer], sizes[layer]), layer, pooling).shape[1]
-            for layer in layers}
-
-
 def lr_at(cfg: ProbeConfig, epoch_float: float) -> float:
     """Step schedule; milestones are fractions of the 28-epoch protocol, so they scale with epochs."""
     drops = sum(epoch_float >= m / 28 * cfg.epochs for m in cfg.milestones)
@@ -142,8 +131,7 @@ def evaluate_probes(trunk, probes, loader, layers, pooling, device, progress) ->
     n = 0
     for images, labels in tqdm(loader, desc="val", unit="batch", leave=False, disable=not progress):
         images, labels = images.to(device), labels.to(device)
-        acts = trunk.activations(images, layers)
-        logits = probes({layer: pool_layer(acts[layer], layer, pooling) for layer in layers})
+        logits = probes(pooled_features(trunk, images, layers, pooling))
         for layer, out in logits.items():
             top5 = out.topk(min(5, out.shape[1]), dim=1).indices
             correct[layer][0] += (top5[:, 0] == labels).sum().item()
@@ -173,7 +161,7 @@ def run(cfg: ProbeConfig, progress: bool = True) -> dict:
                               num_workers=workers, generator=generator, pin_memory=device.type == "cuda")
     val_loader = DataLoader(ImageFolderDataset(val_samples, eval_transform(info["mean"], info["std"], cfg.resize, cfg.crop)),
                             batch_size=cfg.batch_size, num_workers=workers)
-    dims = pooled_dims(cfg.layers, cfg.crop, cfg.pooling)
+    dims = pooled_dims(trunk, cfg.layers, cfg.crop, cfg.pooling)
     probes = LayerProbes(dims, len(classes)).to(device)
     # fused: the five 9k x 1000 probes make the unfused SGD step ~5x slower on CPU
     optimizer = torch.optim.SGD(probes.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -204,9 +192,7 @@ def run(cfg: ProbeConfig, progress: bool = True) -> dict:
             for g in optimizer.param_groups:
                 g["lr"] = lr
             images, labels = images.to(device, non_blocking=True), labels.to(device)
-            with torch.no_grad():  # one trunk forward feeds all five probes
-                acts = trunk.activations(images, cfg.layers)
-                features = {layer: pool_layer(acts[layer], layer, cfg.pooling) for layer in cfg.layers}
+            features = pooled_features(trunk, images, cfg.layers, cfg.pooling)  # one forward feeds every probe
             logits = probes(features)
             losses = {layer: F.cross_entropy(out_, labels) for layer, out_ in logits.items()}
             loss = sum(losses.values())
@@ -227,7 +213,8 @@ def run(cfg: ProbeConfig, progress: bool = True) -> dict:
     records = [make_record("imagenet_linear", metric, scores[layer][metric], method=method, protocol=PROTOCOL,
                            layer=layer, deviations=cfg.deviations, checkpoint=cfg.ckpt, checkpoint_sha256=info["sha256"],
                            dataset=cfg.data, split="val",
-                           extra={"input_dim": dims[layer], "classes": len(classes), "pooling": cfg.pooling})
+                           extra={"input_dim": dims[layer], "classes": len(classes), "pooling": cfg.pooling,
+                                  "arch": info["arch"]})
                for layer in cfg.layers for metric in ("top1", "top5")]
     store = Path(cfg.store) if cfg.store else default_store()
     append_records(store, records)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ARCHITECTURES = ("caffenet_bn", "caffenet")
+ARCHITECTURES = ("caffenet_bn", "caffenet")  # what `bench pretrain` trains
+TRUNK_ARCHITECTURES = ARCHITECTURES + ("alexnet",)  # what the evaluations load ("alexnet" = torchvision's)
 INPUT_SIZE = 227
 LAYERS = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7")
 CHANNELS = {"conv1": 96, "pool1": 96, "conv2": 256, "pool2": 256, "conv3": 384, "conv4": 384,
@@ -108,7 +109,53 @@ class CaffeNet(nn.Module):
         return geometry
 
 
-def build_trunk(arch: str) -> CaffeNet:
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose from {ARCHITECTURES}")
+class TorchvisionAlexNet(nn.Module):
+    """torchvision's alexnet() (64-192-384-256-256, no groups, 224x224 there; 227 works too and gives
+    the same map sizes from conv2 on) as an evaluation trunk. Module names, and so state_dict keys,
+    are torchvision.models.AlexNet's (features.0.weight, ..., classifier.4.bias) without the final
+    1000-way layer classifier.6, which is not part of a trunk. `activations` as CaffeNet's."""
+
+    arch = "alexnet"
+    # the module (index in features / classifier) whose output is the named activation
+    FEATURE_OUTPUTS = {"conv1": 1, "pool1": 2, "conv2": 4, "pool2": 5, "conv3": 7, "conv4": 9, "conv5": 11, "pool5": 12}
+    CLASSIFIER_OUTPUTS = {"fc6": 2, "fc7": 5}
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models import AlexNet
+
+        reference = AlexNet()
+        self.features = reference.features
+        self.avgpool = reference.avgpool
+        self.classifier = nn.Sequential(*list(reference.classifier)[:6])
+
+    def activations(self, x: torch.Tensor, layers=LAYERS) -> dict[str, torch.Tensor]:
+        """x (B, 3, H, W) normalised RGB -> {name: activation} (after ReLU for conv/fc layers)."""
+        wanted = set(layers)
+        unknown = wanted - set(LAYERS)
+        if unknown:
+            raise ValueError(f"unknown layer(s) {sorted(unknown)}; choose from {LAYERS}")
+        out = {}
+        h = x
+        for i, module in enumerate(self.features):
+            h = module(h)
+            out.update({name: h for name, j in self.FEATURE_OUTPUTS.items() if j == i and name in wanted})
+            if len(out) == len(wanted):
+                return out
+        h = torch.flatten(self.avgpool(h), 1)
+        for i, module in enumerate(self.classifier):
+            h = module(h)
+            out.update({name: h for name, j in self.CLASSIFIER_OUTPUTS.items() if j == i and name in wanted})
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activations(x, ("fc7",))["fc7"]
+
+
+def build_trunk(arch: str) -> nn.Module:
+    """A freshly initialised trunk: "caffenet_bn" / "caffenet" (CaffeNet) or "alexnet" (torchvision's)."""
+    if arch not in TRUNK_ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {TRUNK_ARCHITECTURES}")
+    if arch == "alexnet":
+        return TorchvisionAlexNet()
     return CaffeNet(batch_norm=arch == "caffenet_bn")

@@ -7,20 +7,45 @@ import torch
 from bench.checkpoint import CheckpointError, save_checkpoint
 from bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
 from evaluate.backbone import assert_trunk_unchanged, load_trunk, trunk_fingerprint
-from evaluate.features import pooled_features
-from evaluate.linear_probe import LayerProbes, ProbeConfig, pooled_dims, run
+from evaluate.features import pooled_dims, pooled_features
+from evaluate.linear_probe import LayerProbes, ProbeConfig, run
 from pretrain.alexnet import build_trunk
 from results.store import read_records
 
 EXPECTED_DIMS = {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv5": 9216}
+# torchvision's 64-192-384-256-256 AlexNet: 64x12x12, 192x7x7, 384x5x5, 256x6x6, 256x6x6
+TORCHVISION_DIMS = {"conv1": 9216, "conv2": 9408, "conv3": 9600, "conv4": 9216, "conv5": 9216}
 
 
 @pytest.mark.parametrize("pooling", ["avg", "bilinear"])
-def test_pooled_feature_sizes(pooling):
-    trunk = build_trunk("caffenet_bn").eval()
+@pytest.mark.parametrize("arch", ["caffenet_bn", "caffenet"])
+def test_pooled_feature_sizes(pooling, arch):
+    trunk = build_trunk(arch).eval()
     feats = pooled_features(trunk, torch.randn(2, 3, 227, 227), pooling=pooling)
     assert {k: v.shape for k, v in feats.items()} == {k: (2, d) for k, d in EXPECTED_DIMS.items()}
-    assert pooled_dims(EXPECTED_DIMS, 227, pooling) == EXPECTED_DIMS
+    assert pooled_dims(trunk, crop=227, pooling=pooling) == EXPECTED_DIMS
+
+
+@pytest.mark.parametrize("size", [224, 227])
+@pytest.mark.parametrize("pooling", ["avg", "bilinear"])
+def test_torchvision_alexnet_trunk(size, pooling):
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.alexnet().eval()
+    trunk = build_trunk("alexnet").eval()
+    missing, unexpected = trunk.load_state_dict(reference.state_dict(), strict=False)
+    assert missing == [] and unexpected == ["classifier.6.weight", "classifier.6.bias"]
+    x = torch.randn(2, 3, size, size)
+    acts = trunk.activations(x, ("conv1", "conv2", "conv5", "pool5", "fc7"))
+    with torch.no_grad():  # the same activations computed through torchvision's own modules
+        f = reference.features
+        assert torch.equal(acts["conv1"], f[1](f[0](x)))
+        assert torch.equal(acts["conv5"], f[:12](x)) and torch.equal(acts["pool5"], f(x))
+        fc7 = reference.classifier[:6](torch.flatten(reference.avgpool(f(x)), 1))
+        assert torch.equal(acts["fc7"], fc7)
+    feats = pooled_features(trunk, x, pooling=pooling)
+    assert {k: v.shape for k, v in feats.items()} == {k: (2, d) for k, d in TORCHVISION_DIMS.items()}
 
 
 def test_probe_learns_a_planted_linear_signal():
@@ -107,10 +132,25 @@ def test_checkpoint_formats(tmp_path):
     assert load_trunk(tmp_path / "dp.pt")[1]["arch"] == "caffenet_bn"
     import torchvision
 
-    torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "tv.pt")
-    with pytest.raises(CheckpointError, match=r"tv.pt: does not match.*missing keys: \['conv1.0.bias'.*unexpected keys: "
-                                              r"\['classifier.1.bias'"):
-        load_trunk(tmp_path / "tv.pt")
+    reference = torchvision.models.alexnet()
+    torch.save(reference.state_dict(), tmp_path / "tv.pt")
+    loaded, info = load_trunk(tmp_path / "tv.pt")
+    assert info["arch"] == "alexnet" and not loaded.training
+    assert torch.equal(loaded.features[10].weight, reference.features[10].weight)
+    assert torch.equal(loaded.classifier[4].bias, reference.classifier[4].bias)
+    broken = {k: v for k, v in reference.state_dict().items() if k != "features.3.bias"}
+    broken["features.8.weight"] = broken["features.8.weight"][:128]
+    broken["features.99.weight"] = torch.zeros(1)
+    torch.save(broken, tmp_path / "broken_tv.pt")
+    with pytest.raises(CheckpointError, match=r"broken_tv.pt: does not match a alexnet trunk \(torchvision.*missing keys: "
+                                              r"\['features.3.bias'\].*unexpected keys: \['features.99.weight'\].*"
+                                              r"wrong shapes: \['features.8.weight'\]"):
+        load_trunk(tmp_path / "broken_tv.pt")
+    caffenet_keys = {k.replace("conv1.0.", "conv1.9."): v for k, v in build_trunk("caffenet").state_dict().items()}
+    torch.save(caffenet_keys, tmp_path / "renamed.pt")
+    with pytest.raises(CheckpointError, match=r"renamed.pt: does not match a caffenet trunk.*missing keys: "
+                                              r"\['conv1.0.bias', 'conv1.0.weight'\]"):
+        load_trunk(tmp_path / "renamed.pt")
     torch.save({"weights": [1, 2]}, tmp_path / "odd.pt")
-    with pytest.raises(CheckpointError, match="odd.pt: expected a cpfs-bench checkpoint or a plain CaffeNet"):
+    with pytest.raises(CheckpointError, match="odd.pt: expected a cpfs-bench checkpoint or a plain CaffeNet / torchvision"):
         load_trunk(tmp_path / "odd.pt")
