@@ -71,11 +71,18 @@ def load_trunk(path, device="cpu") -> tuple[torch.nn.Module, dict]:
             f"{path}: does not match a {arch} trunk ({EXPECTED_LAYOUT[arch]}); missing keys: {missing[:8]}{' ...' if len(missing) > 8 else ''}; unexpected keys: "
             f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}; wrong shapes: {wrong_shape[:8]}")
     trunk.load_state_dict(state)
-    trunk.to(device).eval()
+    return freeze(trunk, device), {"arch": arch, "format": fmt, "loss": loss, "sha256": sha256_file(path),
+                   "mean": norm["mean"], "std": norm["std"], "path": str(path.resolve())}
+
+
+def freeze(trunk: torch.nn.Module, device="cpu") -> torch.nn.Module:
+    """The trunk as every evaluation uses it: on `device`, eval mode, no gradients, channels-last."""
+    # channels-last: on CPU the trunk runs ~20% faster and the probes' big average pools ~4x faster
+    # (same values); evaluate/features.py feeds it channels-last images
+    trunk.to(device=device, memory_format=torch.channels_last).eval()
     for p in trunk.parameters():
         p.requires_grad_(False)
-    return trunk, {"arch": arch, "format": fmt, "loss": loss, "sha256": sha256_file(path),
-                   "mean": norm["mean"], "std": norm["std"], "path": str(path.resolve())}
+    return trunk
 
 
 def trunk_fingerprint(trunk: torch.nn.Module) -> dict[str, torch.Tensor]:

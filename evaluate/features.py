@@ -47,7 +47,7 @@ def pool_layer(activation: torch.Tensor, layer: str, pooling: str = "avg", arch:
 @torch.no_grad()
 def pooled_features(trunk, images: torch.Tensor, layers=PROBE_LAYERS, pooling: str = "avg") -> dict[str, torch.Tensor]:
     """One trunk forward, every requested layer pooled: images (B, 3, 227, 227) -> {layer: (B, D)}."""
-    acts = trunk.activations(images, layers)
+    acts = trunk.activations(images.contiguous(memory_format=torch.channels_last), layers)  # see load_trunk
     return {layer: pool_layer(acts[layer], layer, pooling, trunk.arch) for layer in layers}
 
 
