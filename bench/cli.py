@@ -210,6 +210,7 @@ def eval_linear_probe(layers, **kw):
         click.echo(f"{layer}: top-1 {sc['top1']:.1f}%  top-5 {sc['top5']:.1f}%  ({s['dims'][layer]} dims)")
     click.echo(f"linear-probe {s['method']}: records appended to {s['store']}"
                + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
+    click.echo(f"per-layer plot beside the paper's curves: {s['figure']}; training log: {s['log']}")
 
 
 @eval_group.command("voc07-svm")
@@ -239,6 +240,12 @@ def eval_voc07_svm(layers, costs, **kw):
     if costs:
         cfg.costs = tuple(float(c) for c in costs.split(","))
     s = run(cfg)
+    import pandas as pd
+
+    per_class = pd.DataFrame({layer: v["ap"] for layer, v in s["layers"].items()})  # classes x layers, %
+    per_class.loc["mAP"] = pd.Series(s["mAP"])
+    click.echo("VOC07 test AP % per class (rows) and layer (columns); blank = class skipped:")
+    click.echo(per_class.to_string(float_format=lambda v: f"{v:5.1f}", na_rep=""))
     for layer, value in s["mAP"].items():
         click.echo(f"{layer}: VOC07 SVM mAP {value:.1f}%")
     click.echo(f"voc07-svm {s['method']}: records appended to {s['store']}"

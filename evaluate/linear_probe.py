@@ -6,10 +6,15 @@ without affine parameters and a linear classifier. All five probes train togethe
 forward per batch. SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, 28 epochs, lr x0.1 at
 epochs 8/16/24 (scaled with --epochs); resize 256, random crop 227, flip; centre crop at test.
 Top-1 and top-5 on val per layer, one record per layer and metric.
+
+The run folder holds probe_last.pt (each epoch; --resume), log.jsonl (one line per epoch: lr, mean
+training loss and top-1 per layer; a last line with the val scores) and layers.png (this run's top-1
+per layer beside the paper's Table 2 curves).
 """
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -141,8 +146,14 @@ def evaluate_probes(trunk, probes, loader, layers, pooling, device, progress) ->
     return {layer: {"top1": 100 * c1 / n, "top5": 100 * c5 / n} for layer, (c1, c5) in correct.items()}
 
 
+def _append_log(path: Path, entry: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
 def run(cfg: ProbeConfig, progress: bool = True) -> dict:
     """Train and evaluate the probes; append records; returns {layer: {top1, top5}} plus run info."""
+    from results.plots import plot_linear_probes
     from results.store import append_records, default_store, make_record
 
     cfg = resolve(cfg)
@@ -185,8 +196,12 @@ def run(cfg: ProbeConfig, progress: bool = True) -> dict:
 
     steps_per_epoch = len(train_loader)
     start = time.perf_counter()
+    log = out / "log.jsonl"
     for epoch in range(start_epoch, cfg.epochs):
         bar = tqdm(train_loader, desc=f"probe epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress)
+        loss_sum = {layer: torch.zeros((), device=device) for layer in cfg.layers}
+        correct = {layer: torch.zeros((), device=device) for layer in cfg.layers}
+        seen, epoch_start = 0, time.perf_counter()
         for i, (images, labels) in enumerate(bar):
             lr = lr_at(cfg, epoch + i / steps_per_epoch)
             for g in optimizer.param_groups:
@@ -202,10 +217,18 @@ def run(cfg: ProbeConfig, progress: bool = True) -> dict:
             loss.backward()
             optimizer.step()
             bar.set_postfix({layer: f"{v.item():.2f}" for layer, v in losses.items()})
+            for layer in cfg.layers:  # summed on the device: no extra synchronisation per layer
+                loss_sum[layer] += losses[layer].detach() * len(labels)
+                correct[layer] += (logits[layer].detach().argmax(1) == labels).sum()
+            seen += len(labels)
         save_checkpoint(last, arch=info["arch"], trunk={}, head=probes.state_dict(), loss="linear-probe",
                         step=epoch + 1, config={**asdict(cfg), "layers": list(cfg.layers)},
                         optimizer=optimizer.state_dict(),
                         extra={"trunk_sha256": info["sha256"], "loader_rng": generator.get_state()})
+        _append_log(log, {"epoch": epoch + 1, "lr": lr,  # at the last step of the epoch
+                          "seconds": round(time.perf_counter() - epoch_start, 2),
+                          "train_loss": {layer: loss_sum[layer].item() / seen for layer in cfg.layers},
+                          "train_top1": {layer: 100 * correct[layer].item() / seen for layer in cfg.layers}})
     scores = evaluate_probes(trunk, probes, val_loader, cfg.layers, cfg.pooling, device, progress)
     assert_trunk_unchanged(trunk, fingerprint)
 
@@ -218,5 +241,7 @@ def run(cfg: ProbeConfig, progress: bool = True) -> dict:
                for layer in cfg.layers for metric in ("top1", "top5")]
     store = Path(cfg.store) if cfg.store else default_store()
     append_records(store, records)
-    return {"scores": scores, "dims": dims, "method": method, "store": str(store), "out": str(out),
+    _append_log(log, {"val": scores})
+    figure = plot_linear_probes([r for r in records if r["metric"] == "top1"], out / "layers.png")
+    return {"scores": scores, "figure": str(figure), "log": str(log), "dims": dims, "method": method, "store": str(store), "out": str(out),
             "seconds": time.perf_counter() - start, "deviations": cfg.deviations, "data": cfg.data}

@@ -1,5 +1,7 @@
 """evaluate/linear_probe.py, evaluate/features.py, evaluate/backbone.py."""
 import hashlib
+import json
+import math
 
 import pytest
 import torch
@@ -152,6 +154,15 @@ def test_run_end_to_end_records_and_resume(tiny_imagenet, random_ckpt, tmp_path)
         run(ProbeConfig(**cfg), progress=False)
     resumed = run(ProbeConfig(**{**cfg, "epochs": 2}, resume=True), progress=False)
     assert set(resumed["scores"]) == set(EXPECTED_DIMS)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [entry.get("epoch") for entry in log] == [1, None, 2, None]  # resuming continues the log
+    assert log[1]["val"] == summary["scores"] and log[3]["val"] == resumed["scores"]
+    for entry in (log[0], log[2]):
+        assert set(entry["train_loss"]) == set(EXPECTED_DIMS) and 0 < entry["lr"] <= 0.01  # the last step's lr
+        assert all(v > 0 and math.isfinite(v) for v in entry["train_loss"].values())
+        assert all(0 <= v <= 100 for v in entry["train_top1"].values())
+    assert resumed["figure"] == str(tmp_path / "run" / "layers.png")
+    assert (tmp_path / "run" / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_frozen_trunk_check_catches_a_change(tiny_imagenet, random_ckpt, tmp_path, monkeypatch):

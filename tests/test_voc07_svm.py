@@ -174,3 +174,25 @@ def test_bad_input(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="VOC2007"):
         run(SVMConfig(ckpt=str(ckpt), voc=str(tmp_path), store=str(tmp_path / "r.jsonl")), progress=False)
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_cli_prints_per_class_table(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    root, ckpt = tiny
+    result = CliRunner().invoke(main, ["eval", "voc07-svm", "--ckpt", str(ckpt), "--voc", str(root / "voc"),
+                                       "--layers", "conv1", "--costs", "0.1,1", "--workers", "1",
+                                       "--cache", str(tmp_path / "cache"), "--store", str(tmp_path / "r.jsonl")])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()  # progress bars go to stderr
+    header = lines.index("VOC07 test AP % per class (rows) and layer (columns); blank = class skipped:")
+    assert lines[header + 1].split() == ["conv1"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[header + 2:header + 23]}
+    assert list(rows) == list(VOC_CLASSES) + ["mAP"]
+    record = read_records(tmp_path / "r.jsonl")[0]
+    for name in VOC_CLASSES:
+        ap = record["extra"]["ap"][name]
+        assert rows[name] == ([] if ap is None else [f"{ap:.1f}"])
+    assert rows["mAP"] == [f"{record['value']:.1f}"]
