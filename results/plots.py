@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -51,7 +52,7 @@ def plot_linear_probes(records: Iterable[Mapping], png_path: str | os.PathLike, 
     for r in ours:
         colour[r["method"].casefold()] = _PALETTE[len(colour) % len(_PALETTE)]
 
-    fig = Figure(figsize=(10, 5), dpi=100)
+    fig = Figure(figsize=(9, 7), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for r in ours:
@@ -60,7 +61,7 @@ def plot_linear_probes(records: Iterable[Mapping], png_path: str | os.PathLike, 
         names = list(dict.fromkeys(describe_protocol(c["protocol"], c["deviations"]) for c in cells.values()))
         proto = names[0] if len(names) == 1 else "several protocols"
         ax.plot(xs, ys, linestyle="-", marker="o", linewidth=2.0, color=colour[r["method"].casefold()],
-                label=f"{r['method']} (ours; {proto})", zorder=3)
+                label=textwrap.fill(f"{r['method']} (ours; {proto})", 60), zorder=3)
     if include_paper:
         for r in paper:
             key = r["method"].casefold()
@@ -76,7 +77,8 @@ def plot_linear_probes(records: Iterable[Mapping], png_path: str | os.PathLike, 
     ax.set_ylabel("ImageNet top-1 accuracy (%)")
     ax.set_title("ImageNet linear probes, top-1 % per layer (Table 2)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    # below the axes: long protocol descriptions would otherwise squeeze the curves
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     fig.tight_layout()
 
     png_path = Path(png_path)
