@@ -355,7 +355,7 @@ def test_plot_linear_probes(records, tmp_path):
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     width, height = struct.unpack(">II", data[16:24])
-    assert (width, height) == (1000, 500) and len(data) > 10_000
+    assert (width, height) == (900, 700) and len(data) > 10_000
     plot_linear_probes(records, tmp_path / "ours_only.png", include_paper=False)
     assert (tmp_path / "ours_only.png").stat().st_size > 5_000
     no_probes = [r for r in records if r["task"] != "imagenet_linear"]
