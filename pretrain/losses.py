@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 KINDS = ("kta", "ce", "ce-rev")
 LOSSES = KINDS + ("direct-cls",)
@@ -27,16 +28,17 @@ def squash_flow(flow: torch.Tensor, max_px: float = 50.0) -> torch.Tensor:
     return torch.sign(flow) * torch.clamp(torch.log1p(flow.abs()) / math.log1p(max_px), max=1.0)
 
 
-def embedding_kernel(embeddings: torch.Tensor) -> torch.Tensor:
-    """(B, N, D) -> K_phi (B, N, N) = cosine similarity / 4."""
+def embedding_kernel(embeddings: torch.Tensor, columns: slice = slice(None)) -> torch.Tensor:
+    """(B, N, D) -> K_phi (B, N, T) = cosine similarity / 4 against the pixels in `columns` (all: T = N)."""
     e = F.normalize(embeddings, dim=2)
-    return e @ e.transpose(1, 2) / 4
+    return e @ e[:, columns].transpose(1, 2) / 4
 
 
-def flow_kernel(flow: torch.Tensor, sigma) -> torch.Tensor:
-    """(B, N, 2) flow and sigma (same units) -> Gaussian RBF kernel K_f (B, N, N)."""
+def flow_kernel(flow: torch.Tensor, sigma, columns: slice = slice(None)) -> torch.Tensor:
+    """(B, N, 2) flow and sigma (same units) -> Gaussian RBF kernel K_f (B, N, T) against `columns`."""
     sq = (flow * flow).sum(2)
-    d2 = (sq[:, :, None] + sq[:, None, :] - 2 * flow @ flow.transpose(1, 2)).clamp(min=0)
+    cols = flow[:, columns]
+    d2 = (sq[:, :, None] + sq[:, None, columns] - 2 * flow @ cols.transpose(1, 2)).clamp(min=0)
     return torch.exp(-d2 / (2 * sigma * sigma))
 
 
@@ -46,22 +48,59 @@ def kernel_target_alignment(k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
     return num / torch.sqrt((k1 * k1).sum((1, 2)) * (k2 * k2).sum((1, 2))).clamp(min=1e-12)
 
 
-def cpfs_loss(embeddings: torch.Tensor, flow: torch.Tensor, sigma, kind: str) -> torch.Tensor:
-    """embeddings (B, N, D) (any norm; cosine is taken here), flow (B, N, 2), sigma float or 0-dim
-    tensor in flow units, kind in {"kta", "ce", "ce-rev"} -> 0-dim loss (mean over the batch)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown CPFS loss {kind!r}; choose from {KINDS}")
-    # kernels in at least float32 even under autocast: softmax over small cosine differences needs the bits
-    k_phi = embedding_kernel(embeddings.to(torch.promote_types(embeddings.dtype, torch.float32)))
-    k_f = flow_kernel(flow.to(torch.promote_types(flow.dtype, torch.float32)), sigma)
+def _column_block_terms(embeddings, flow, sigma, start: int, stop: int, kind: str) -> torch.Tensor:
+    """The loss's sums over rows p for the columns q in [start, stop): for "kta" (3, B) = sum K_phi K_f,
+    sum K_phi^2, sum K_f^2; for "ce"/"ce-rev" (B,) = sum_q sum_p target * log prediction.
+    Columns are independent (the softmax runs over p), so blocks add up to the whole."""
+    columns = slice(start, stop)
+    k_phi, k_f = embedding_kernel(embeddings, columns), flow_kernel(flow, sigma, columns)
     if kind == "kta":
-        return (1 - kernel_target_alignment(k_phi, k_f)).mean()
-    n = k_phi.shape[1]
+        return torch.stack([(k_phi * k_f).sum((1, 2)), (k_phi * k_phi).sum((1, 2)), (k_f * k_f).sum((1, 2))])
     log_s_phi = torch.log_softmax(k_phi, dim=1)  # softmax over p (rows) for each column q
     log_s_f = torch.log_softmax(k_f, dim=1)
     if kind == "ce":
-        return -(log_s_f.exp() * log_s_phi).sum((1, 2)).mean() / n
-    return -(log_s_phi.exp() * log_s_f).sum((1, 2)).mean() / n
+        return (log_s_f.exp() * log_s_phi).sum((1, 2))
+    return (log_s_phi.exp() * log_s_f).sum((1, 2))
+
+
+# one (B, N, block) float32 kernel slice at most this big; smaller problems stay dense
+BLOCK_BYTES = 256 * 2**20
+
+
+def cpfs_loss(embeddings: torch.Tensor, flow: torch.Tensor, sigma, kind: str, block: int | None = None) -> torch.Tensor:
+    """embeddings (B, N, D) (any norm; cosine is taken here), flow (B, N, 2), sigma float or 0-dim
+    tensor in flow units, kind in {"kta", "ce", "ce-rev"} -> 0-dim loss (mean over the batch).
+
+    The N x N kernels are built `block` columns at a time (None: as many as keep one (B, N, block)
+    float32 slice within BLOCK_BYTES, so the default N=512 stays one dense block) and, when there is
+    more than one block and a gradient is needed, recomputed during backward instead of kept
+    (activation checkpointing): memory O(B N block + B N D) instead of O(B N^2), for one extra kernel
+    evaluation. Same value and gradients as the dense computation (tested in float64)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown CPFS loss {kind!r}; choose from {KINDS}")
+    batch, n = embeddings.shape[:2]
+    if block is None:
+        block = max(16, BLOCK_BYTES // (4 * max(batch * n, 1)))
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    # kernels in at least float32 even when the head ran in bf16: softmax over small cosine differences
+    # needs the bits
+    embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
+    flow = flow.to(torch.promote_types(flow.dtype, torch.float32))
+    sigma = torch.as_tensor(sigma, dtype=flow.dtype, device=flow.device)
+    bounds = [(start, min(start + block, n)) for start in range(0, n, block)]
+    recompute = len(bounds) > 1 and torch.is_grad_enabled()
+    terms = 0
+    for start, stop in bounds:
+        if recompute:
+            terms = terms + checkpoint(_column_block_terms, embeddings, flow, sigma, start, stop, kind,
+                                       use_reentrant=False)
+        else:
+            terms = terms + _column_block_terms(embeddings, flow, sigma, start, stop, kind)
+    if kind == "kta":
+        num, phi_sq, f_sq = terms
+        return (1 - num / torch.sqrt(phi_sq * f_sq).clamp(min=1e-12)).mean()
+    return -terms.mean() / n
 
 
 class Sigma(nn.Module):

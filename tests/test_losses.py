@@ -51,24 +51,27 @@ def batch():
     return emb, flow, 0.25
 
 
+# block 3 splits the 7 pixels' kernel columns 3 + 3 + 1 and recomputes them during backward
+@pytest.mark.parametrize("block", [512, 3], ids=["dense", "column-blocks"])
 @pytest.mark.parametrize("kind", ["kta", "ce", "ce-rev"])
-def test_loss_value_matches_reference(batch, kind):
+def test_loss_value_matches_reference(batch, kind, block):
     emb, flow, sigma = batch
-    ours = cpfs_loss(torch.tensor(emb), torch.tensor(flow), sigma, kind)
+    ours = cpfs_loss(torch.tensor(emb), torch.tensor(flow), sigma, kind, block=block)
     assert ours.dim() == 0
     assert ours.item() == pytest.approx(reference_loss(emb, flow, sigma, kind), rel=1e-10, abs=1e-12)
     ours32 = cpfs_loss(torch.tensor(emb, dtype=torch.float32), torch.tensor(flow, dtype=torch.float32),
-                       torch.tensor(sigma), kind)
+                       torch.tensor(sigma), kind, block=block)
     assert ours32.item() == pytest.approx(reference_loss(emb, flow, sigma, kind), rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("block", [512, 3], ids=["dense", "column-blocks"])
 @pytest.mark.parametrize("kind", ["kta", "ce", "ce-rev"])
-def test_loss_gradients_match_finite_differences(batch, kind):
+def test_loss_gradients_match_finite_differences(batch, kind, block):
     emb, flow, sigma = batch
     e = torch.tensor(emb, requires_grad=True)
     f = torch.tensor(flow, requires_grad=True)
     s = torch.tensor(sigma, dtype=torch.float64, requires_grad=True)
-    cpfs_loss(e, f, s, kind).backward()
+    cpfs_loss(e, f, s, kind, block=block).backward()
     np.testing.assert_allclose(e.grad.numpy(), numeric_grad(lambda x: reference_loss(x, flow, sigma, kind), emb),
                                rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(f.grad.numpy(), numeric_grad(lambda x: reference_loss(emb, x, sigma, kind), flow),
