@@ -68,7 +68,8 @@ def load_trunk(path, device="cpu") -> tuple[torch.nn.Module, dict]:
     wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong_shape:
         raise CheckpointError(
-            f"{path}: does not match a {arch} trunk ({EXPECTED_LAYOUT[arch]}); missing keys: {missing[:8]}{' ...' if len(missing) > 8 else ''}; unexpected keys: "
+            f"{path}: does not match a {arch} trunk ({EXPECTED_LAYOUT[arch]}); "
+            f"missing keys: {missing[:8]}{' ...' if len(missing) > 8 else ''}; unexpected keys: "
             f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}; wrong shapes: {wrong_shape[:8]}")
     trunk.load_state_dict(state)
     return freeze(trunk, device), {"arch": arch, "format": fmt, "loss": loss, "sha256": sha256_file(path),

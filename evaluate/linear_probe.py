@@ -243,5 +243,6 @@ def run(cfg: ProbeConfig, progress: bool = True) -> dict:
     append_records(store, records)
     _append_log(log, {"val": scores})
     figure = plot_linear_probes([r for r in records if r["metric"] == "top1"], out / "layers.png")
-    return {"scores": scores, "figure": str(figure), "log": str(log), "dims": dims, "method": method, "store": str(store), "out": str(out),
+    return {"scores": scores, "figure": str(figure), "log": str(log), "dims": dims, "method": method,
+            "store": str(store), "out": str(out),
             "seconds": time.perf_counter() - start, "deviations": cfg.deviations, "data": cfg.data}

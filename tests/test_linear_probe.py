@@ -205,7 +205,8 @@ def test_checkpoint_formats(tmp_path):
     broken["features.8.weight"] = broken["features.8.weight"][:128]
     broken["features.99.weight"] = torch.zeros(1)
     torch.save(broken, tmp_path / "broken_tv.pt")
-    with pytest.raises(CheckpointError, match=r"broken_tv.pt: does not match a alexnet trunk \(torchvision.*missing keys: "
+    with pytest.raises(CheckpointError, match=r"broken_tv.pt: does not match a alexnet trunk \(torchvision"
+                                              r".*missing keys: "
                                               r"\['features.3.bias'\].*unexpected keys: \['features.99.weight'\].*"
                                               r"wrong shapes: \['features.8.weight'\]"):
         load_trunk(tmp_path / "broken_tv.pt")
@@ -215,5 +216,5 @@ def test_checkpoint_formats(tmp_path):
                                               r"\['conv1.0.bias', 'conv1.0.weight'\]"):
         load_trunk(tmp_path / "renamed.pt")
     torch.save({"weights": [1, 2]}, tmp_path / "odd.pt")
-    with pytest.raises(CheckpointError, match="odd.pt: expected a cpfs-bench checkpoint or a plain CaffeNet / torchvision"):
+    with pytest.raises(CheckpointError, match="odd.pt: expected a cpfs-bench checkpoint or a plain CaffeNet / torch"):
         load_trunk(tmp_path / "odd.pt")
