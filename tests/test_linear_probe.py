@@ -1,4 +1,5 @@
 """evaluate/linear_probe.py, evaluate/features.py, evaluate/backbone.py."""
+import copy
 import hashlib
 import json
 import math
@@ -26,6 +27,23 @@ def test_pooled_feature_sizes(pooling, arch):
     feats = pooled_features(trunk, torch.randn(2, 3, 227, 227), pooling=pooling)
     assert {k: v.shape for k, v in feats.items()} == {k: (2, d) for k, d in EXPECTED_DIMS.items()}
     assert pooled_dims(trunk, crop=227, pooling=pooling) == EXPECTED_DIMS
+
+
+@pytest.mark.parametrize("arch", ["caffenet_bn", "alexnet"])
+def test_frozen_channels_last_trunk_gives_the_same_features(arch):
+    from evaluate.backbone import freeze
+    from evaluate.features import pool_layer
+
+    torch.manual_seed(0)
+    plain = build_trunk(arch).eval()
+    frozen = freeze(copy.deepcopy(plain))
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    x = torch.randn(3, 3, 227, 227)
+    with torch.no_grad():  # the plain NCHW trunk, pooled layer by layer
+        acts = plain.activations(x, EXPECTED_DIMS)
+        expected = {layer: pool_layer(acts[layer], layer, "avg", arch) for layer in EXPECTED_DIMS}
+    for layer, feats in pooled_features(frozen, x).items():
+        torch.testing.assert_close(feats, expected[layer], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [224, 227])
