@@ -18,6 +18,15 @@ CHANNELS = {"conv1": 96, "pool1": 96, "conv2": 256, "pool2": 256, "conv3": 384, 
             "conv5": 256, "pool5": 256, "fc6": 4096, "fc7": 4096}
 
 
+def check_layers(layers) -> set[str]:
+    """The requested activation names as a set; ValueError naming any that no trunk has."""
+    wanted = set(layers)
+    unknown = wanted - set(LAYERS)
+    if unknown:
+        raise ValueError(f"unknown layer(s) {sorted(unknown)}; choose from {LAYERS}")
+    return wanted
+
+
 class CaffeNet(nn.Module):
     """AlexNet in Caffe's layout. `forward(x)` returns fc7 (B, 4096); `activations(x, layers)` returns
     a dict of the named layers' outputs (after ReLU for conv/fc layers; pools after max pooling)."""
@@ -64,10 +73,7 @@ class CaffeNet(nn.Module):
 
     def activations(self, x: torch.Tensor, layers=LAYERS) -> dict[str, torch.Tensor]:
         """x (B, 3, 227, 227) normalised RGB -> {name: activation}; stops after the last layer asked."""
-        wanted = set(layers)
-        unknown = wanted - set(LAYERS)
-        if unknown:
-            raise ValueError(f"unknown layer(s) {sorted(unknown)}; choose from {LAYERS}")
+        wanted = check_layers(layers)
         last = max(LAYERS.index(name) for name in wanted)
         out = {}
         h = x
@@ -131,10 +137,7 @@ class TorchvisionAlexNet(nn.Module):
 
     def activations(self, x: torch.Tensor, layers=LAYERS) -> dict[str, torch.Tensor]:
         """x (B, 3, H, W) normalised RGB -> {name: activation} (after ReLU for conv/fc layers)."""
-        wanted = set(layers)
-        unknown = wanted - set(LAYERS)
-        if unknown:
-            raise ValueError(f"unknown layer(s) {sorted(unknown)}; choose from {LAYERS}")
+        wanted = check_layers(layers)
         out = {}
         h = x
         for i, module in enumerate(self.features):

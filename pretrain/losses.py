@@ -42,10 +42,20 @@ def flow_kernel(flow: torch.Tensor, sigma, columns: slice = slice(None)) -> torc
     return torch.exp(-d2 / (2 * sigma * sigma))
 
 
+def alignment_sums(k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
+    """(B, N, T) x2 -> (3, B): sum k1 k2, sum k1^2, sum k2^2 per image (they add over column blocks)."""
+    return torch.stack([(k1 * k2).sum((1, 2)), (k1 * k1).sum((1, 2)), (k2 * k2).sum((1, 2))])
+
+
+def alignment_from_sums(sums: torch.Tensor) -> torch.Tensor:
+    """(3, B) alignment_sums -> (B,) alignment sum(k1 k2) / sqrt(sum k1^2 sum k2^2)."""
+    num, k1_sq, k2_sq = sums
+    return num / torch.sqrt(k1_sq * k2_sq).clamp(min=1e-12)
+
+
 def kernel_target_alignment(k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
     """Alignment sum(k1 k2) / sqrt(sum k1^2 sum k2^2) per image: (B, N, N) x2 -> (B,)."""
-    num = (k1 * k2).sum((1, 2))
-    return num / torch.sqrt((k1 * k1).sum((1, 2)) * (k2 * k2).sum((1, 2))).clamp(min=1e-12)
+    return alignment_from_sums(alignment_sums(k1, k2))
 
 
 def _column_block_terms(embeddings, flow, sigma, start: int, stop: int, kind: str) -> torch.Tensor:
@@ -55,7 +65,7 @@ def _column_block_terms(embeddings, flow, sigma, start: int, stop: int, kind: st
     columns = slice(start, stop)
     k_phi, k_f = embedding_kernel(embeddings, columns), flow_kernel(flow, sigma, columns)
     if kind == "kta":
-        return torch.stack([(k_phi * k_f).sum((1, 2)), (k_phi * k_phi).sum((1, 2)), (k_f * k_f).sum((1, 2))])
+        return alignment_sums(k_phi, k_f)
     log_s_phi = torch.log_softmax(k_phi, dim=1)  # softmax over p (rows) for each column q
     log_s_f = torch.log_softmax(k_f, dim=1)
     if kind == "ce":
@@ -98,8 +108,7 @@ def cpfs_loss(embeddings: torch.Tensor, flow: torch.Tensor, sigma, kind: str, bl
         else:
             terms = terms + _column_block_terms(embeddings, flow, sigma, start, stop, kind)
     if kind == "kta":
-        num, phi_sq, f_sq = terms
-        return (1 - num / torch.sqrt(phi_sq * f_sq).clamp(min=1e-12)).mean()
+        return (1 - alignment_from_sums(terms)).mean()
     return -terms.mean() / n
 
 
