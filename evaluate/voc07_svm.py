@@ -269,8 +269,8 @@ def row_space_coordinates(train_x: np.ndarray, test_x: np.ndarray) -> tuple[np.n
     w = sum_i alpha_i y_i x_i lies in that span, so every inner product among training rows and every
     test decision value w . x is unchanged. The solver takes the same steps (same iterations, decision
     values equal to ~1e-14, tested) on N instead of D columns: ~80x faster on the embedded world
-    (250 x 9600, measured); ~1.8x expected on VOC07 trainval (5011 x 9216, not measured). Cross-validation folds are subsets of the
-    training rows, so one basis serves every fold."""
+    (250 x 9600, measured); ~1.8x expected on VOC07 trainval (5011 x 9216, not measured).
+    Cross-validation folds are subsets of the training rows, so one basis serves every fold."""
     q, r = np.linalg.qr(train_x.T)  # reduced mode: q (D, N) with orthonormal columns, r (N, N)
     return np.ascontiguousarray(r.T), test_x @ q
 
