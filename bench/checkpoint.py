@@ -12,20 +12,27 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts only:
     optimizer         optimizer state_dict (absent or empty where nothing is resumed)
     rng               RNG states: torch_cpu, torch_cuda (list), numpy, python
     extra             method-specific tensors/values (sigma, flow codebook, input normalisation)
-Writes go to a temporary file in the same folder, then are renamed over the target: a crash never
+Writes go through bench.files.atomic_write (fsync'd temporary file, then rename): a crash never
 leaves a half-written checkpoint.
 """
 from __future__ import annotations
 
-import os
+import pickle
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from cpfs_bench.bench.files import atomic_write
+
 FORMAT = "cpfs-bench-checkpoint"
 FORMAT_VERSION = 1
+
+
+# ImageNet RGB statistics: the input normalisation of every checkpoint written here (recorded in it)
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
 
 
 class CheckpointError(ValueError):
@@ -54,8 +61,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path, *, arch: str, trunk: dict, head: dict, loss: str, step: int, config: dict,
-                    optimizer: dict | None = None, extra: dict | None = None) -> Path:
-    """Atomically write one checkpoint; returns its path."""
+                    optimizer: dict | None = None, extra: dict | None = None, with_rng: bool = True) -> Path:
+    """Atomically write one checkpoint (fsync'd temporary file, then rename); returns its path.
+    Weights-only files (final.pt, snapshots) pass no optimizer and with_rng=False."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -68,29 +76,47 @@ def save_checkpoint(path, *, arch: str, trunk: dict, head: dict, loss: str, step
         "step": int(step),
         "config": config,
         "optimizer": optimizer or {},
-        "rng": rng_state(),
+        "rng": rng_state() if with_rng else {},
         "extra": extra or {},
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def torch_load(path, map_location="cpu"):
+    """torch.load(weights_only=True) with errors a user can act on: CheckpointError naming the file
+    and what it holds instead (not a PyTorch file, truncated, or pickled code)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; pass the checkpoint file in it (e.g. {path}/final.pt)")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this file "
+                              f"starts with {magic!r})")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: holds pickled Python objects, not only tensors (for example a whole model saved with "
+            f"torch.save(model)); cpfs-bench never unpickles code. Save the weights instead: "
+            f"torch.save(model.state_dict(), path) [{str(e).splitlines()[0][:120]}]") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: could not be read as a PyTorch checkpoint (truncated or corrupt?): "
+                              f"{type(e).__name__}: {e}") from None
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Load and validate a checkpoint; CheckpointError naming the file if it is not one of ours."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a loadable cpfs-bench checkpoint ({type(e).__name__}: {e})") from e
+    return validate_checkpoint(path, torch_load(path, map_location))
+
+
+def validate_checkpoint(path, ckpt) -> dict:
+    """ckpt (what torch_load gave for path) if it is one of ours in a version we read, else CheckpointError."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a cpfs-bench checkpoint (no '{FORMAT}' format tag)")
+        raise CheckpointError(f"{path}: not a cpfs-bench checkpoint (no '{FORMAT}' format tag; "
+                              f"written by `bench pretrain` or `bench baseline`)")
     if ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {ckpt.get('format_version')} is not supported "

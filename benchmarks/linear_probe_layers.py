@@ -16,10 +16,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from evaluate.backbone import freeze
-from evaluate.features import PROBE_LAYERS, pooled_dims, pooled_features
-from evaluate.linear_probe import LayerProbes
-from pretrain.alexnet import build_trunk
+from cpfs_bench.evaluate.backbone import freeze
+from cpfs_bench.evaluate.features import PROBE_LAYERS, pooled_dims, pooled_features
+from cpfs_bench.evaluate.linear_probe import LayerProbes
+from cpfs_bench.pretrain.alexnet import build_trunk
 
 
 def probe_epoch(trunk, layers, images, labels, classes):

@@ -20,7 +20,7 @@ import time
 def measure(batch: int, pixels: int, block: int | None, kind: str, device: str) -> dict:
     import torch
 
-    from pretrain.losses import cpfs_loss
+    from cpfs_bench.pretrain.losses import cpfs_loss
 
     torch.manual_seed(0)
     warm = torch.randn(2, 64, 16, device=device, requires_grad=True)  # first-call set-up out of the timing

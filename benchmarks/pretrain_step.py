@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from pretrain.alexnet import build_trunk
-from pretrain.head import SOURCES, HypercolumnHead
-from pretrain.losses import cpfs_loss
+from cpfs_bench.pretrain.alexnet import build_trunk
+from cpfs_bench.pretrain.head import SOURCES, HypercolumnHead
+from cpfs_bench.pretrain.losses import cpfs_loss
 
 
 def step_time(device, batch, pixels, variant, repeats, loss_kind="kta"):

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from evaluate.voc07_svm import GOYAL19_COSTS, svm_layer
+from cpfs_bench.evaluate.voc07_svm import GOYAL19_COSTS, svm_layer
 
 
 def synthetic_layer(n_train: int, n_test: int, dim: int, classes: int, seed: int = 0):

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import torch
 
-from bench.checkpoint import FORMAT, CheckpointError, load_checkpoint
-from pretrain.alexnet import build_trunk
-from pretrain.data import MEAN, STD
-from results.store import sha256_file
+from cpfs_bench.bench.checkpoint import FORMAT, MEAN, STD, CheckpointError, torch_load, validate_checkpoint
+from cpfs_bench.bench.files import sha256_file
+from cpfs_bench.pretrain.alexnet import build_trunk
 
 
 def _strip_prefix(state: dict) -> dict:
@@ -34,46 +33,62 @@ def _plain_state_dict_arch(state: dict) -> str:
     return "caffenet_bn" if any(k.endswith("running_mean") for k in state) else "caffenet"
 
 
-def load_trunk(path, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """(trunk in eval mode with requires_grad off, info {arch, format, loss, sha256, mean, std, path}).
+def load_trunk(path, device="cpu", frozen: bool = True) -> tuple[torch.nn.Module, dict]:
+    """(trunk, info {arch, format, loss, step, sha256, mean, std, path}).
 
+    frozen=True: eval mode, no gradients, channels-last (`freeze`), as every frozen-trunk evaluation
+    uses it; frozen=False: a trainable trunk in train mode on `device`, for fine-tuning.
     Accepts the project's checkpoint format, or a plain state_dict of CaffeNet (with or without
     BatchNorm) or of torchvision's AlexNet (its 1000-way classifier.6 is dropped), told apart by
-    the keys. Anything else -> CheckpointError listing the missing and unexpected keys against what
-    was expected."""
+    the keys. Anything else -> CheckpointError naming the file and what it holds instead."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a loadable PyTorch file ({type(e).__name__}: {e})") from e
+    raw = torch_load(path)
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
-        ckpt = load_checkpoint(path)
-        arch, state, fmt, loss = ckpt["arch"], ckpt["trunk"], "cpfs-bench", ckpt["loss"]
+        ckpt = validate_checkpoint(path, raw)
+        arch, state, fmt, loss, step = ckpt["arch"], ckpt["trunk"], "cpfs-bench", ckpt["loss"], ckpt["step"]
         norm = ckpt.get("extra", {}).get("normalization", {"mean": list(MEAN), "std": list(STD)})
     elif isinstance(raw, dict) and raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
         state = _strip_prefix(raw)
         arch = _plain_state_dict_arch(state)
-        if arch == "alexnet":  # the ImageNet classifier is not part of the trunk
+        if arch == "alexnet":  # the ImageNet classifier is not part of a trunk
             state = {k: v for k, v in state.items() if not k.startswith("classifier.6.")}
-        fmt, loss, norm = "state_dict", None, {"mean": list(MEAN), "std": list(STD)}
+        fmt, loss, step, norm = "state_dict", None, None, {"mean": list(MEAN), "std": list(STD)}
     else:
-        raise CheckpointError(f"{path}: expected a cpfs-bench checkpoint or a plain CaffeNet / torchvision AlexNet "
-                              f"state_dict (a dict of tensors), got {type(raw).__name__}")
+        what = (f"a dict whose keys are {sorted(map(str, raw))[:8]}" if isinstance(raw, dict) and raw
+                else "an empty dict" if isinstance(raw, dict) else f"a {type(raw).__name__}")
+        raise CheckpointError(f"{path}: holds {what}; expected a cpfs-bench checkpoint (from `bench pretrain` or "
+                              f"`bench baseline`) or a trunk's state_dict (a dict of tensors: "
+                              f"{'; '.join(EXPECTED_LAYOUT.values())})")
     trunk = build_trunk(arch)
-    expected = trunk.state_dict()
+    _check_keys(path, arch, trunk.state_dict(), state)
+    trunk.load_state_dict(state)
+    info = {"arch": arch, "format": fmt, "loss": loss, "step": step, "sha256": sha256_file(path),
+            "mean": norm["mean"], "std": norm["std"], "path": str(path.resolve())}
+    if frozen:
+        return freeze(trunk, device), info
+    return trunk.to(device).train(), info
+
+
+def _check_keys(path, arch: str, expected: dict, state: dict) -> None:
+    """CheckpointError when `state` does not fit the `arch` trunk, listing only what is wrong."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong_shape:
+    if not (missing or unexpected or wrong_shape):
+        return
+    if len(set(expected) & set(state)) < len(expected) // 2:
         raise CheckpointError(
-            f"{path}: does not match a {arch} trunk ({EXPECTED_LAYOUT[arch]}); "
-            f"missing keys: {missing[:8]}{' ...' if len(missing) > 8 else ''}; unexpected keys: "
-            f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}; wrong shapes: {wrong_shape[:8]}")
-    trunk.load_state_dict(state)
-    return freeze(trunk, device), {"arch": arch, "format": fmt, "loss": loss, "sha256": sha256_file(path),
-                   "mean": norm["mean"], "std": norm["std"], "path": str(path.resolve())}
+            f"{path}: a state_dict of {len(state)} tensors (keys like {sorted(state)[:4]}) that fits none of the "
+            f"supported trunks: {'; '.join(f'{a}: {d}' for a, d in EXPECTED_LAYOUT.items())}")
+
+    def listed(keys):
+        return f"{keys[:8]}{' ...' if len(keys) > 8 else ''}"
+
+    problems = [f"{name}: {listed(keys)}" for name, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected),
+                 ("wrong shapes", [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+                                   for k in wrong_shape])) if keys]
+    raise CheckpointError(f"{path}: does not match a {arch} trunk ({EXPECTED_LAYOUT[arch]}); {'; '.join(problems)}")
 
 
 def freeze(trunk: torch.nn.Module, device="cpu") -> torch.nn.Module:
@@ -100,6 +115,21 @@ def assert_trunk_unchanged(trunk: torch.nn.Module, fingerprint: dict[str, torch.
 
 
 LOSS_METHOD_NAMES = {"kta": "CPFS-KTA", "ce": "CPFS-CE", "ce-rev": "CPFS-CE-rev", "direct-cls": "CPFS direct cls"}
+
+
+def default_run_name(path) -> str:
+    """The table row of an evaluated checkpoint when --name is not given: the run folder for the
+    files a run writes (runs/pretrain-kta/final.pt -> "pretrain-kta"), else the file's stem."""
+    path = Path(path)
+    if path.name in ("final.pt", "last.pt") or path.name.startswith("step_"):
+        return path.resolve().parent.name
+    return path.stem
+
+
+def evaluation_folder(kind: str, run: str, sha256: str) -> Path:
+    """runs/<kind>-<run>-<short sha>: each evaluated checkpoint gets its own folder, so probing a
+    second run never collides with the first."""
+    return Path("runs") / f"{kind}-{run}-{sha256[:8]}"
 
 
 def default_method_name(info: dict, path) -> str:

@@ -220,23 +220,24 @@ def read_sbd_segmentation(path) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
-def imagenet_samples(root, split) -> tuple[list[tuple[Path, int]], list[str]]:
-    """ImageNet-style folder root/{split}/<wnid>/*.JPEG -> ([(path, class index)], sorted wnids).
+def imagenet_folder(root, split, transform=None):
+    """torchvision's ImageFolder over root/{split}/<wnid>/*.JPEG (classes = sorted class folders), with
+    errors naming the folder. Items: (transform(RGB PIL image), class index)."""
+    from torchvision.datasets import ImageFolder
 
-    Classes are the sorted class folders (as torchvision's ImageFolder)."""
     split_dir = Path(root) / split
     if not split_dir.is_dir():
         raise FileNotFoundError(f"{split_dir}: no such folder (expected {root}/{split}/<wnid>/*.JPEG)")
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
-    if not classes:
-        raise DatasetFormatError(f"{split_dir}: no class folders")
-    samples = []
-    for k, wnid in enumerate(classes):
-        files = sorted(p for p in (split_dir / wnid).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        samples += [(p, k) for p in files]
-    if not samples:
-        raise DatasetFormatError(f"{split_dir}: class folders hold no images")
-    return samples, classes
+    try:
+        return ImageFolder(str(split_dir), transform=transform)
+    except FileNotFoundError as e:
+        raise DatasetFormatError(f"{split_dir}: {e}") from None
+
+
+def imagenet_samples(root, split) -> tuple[list[tuple[Path, int]], list[str]]:
+    """ImageNet-style folder root/{split}/<wnid>/*.JPEG -> ([(path, class index)], sorted wnids)."""
+    folder = imagenet_folder(root, split)
+    return [(Path(p), k) for p, k in folder.samples], list(folder.classes)
 
 
 class VOCClassification:

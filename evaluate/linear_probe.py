@@ -13,33 +13,39 @@ per layer beside the paper's Table 2 curves).
 """
 from __future__ import annotations
 
-import copy
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
-from bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
-from evaluate.backbone import assert_trunk_unchanged, default_method_name, load_trunk, trunk_fingerprint
-from evaluate.datasets import imagenet_samples
-from evaluate.features import POOLINGS, PROBE_LAYERS, eval_transform, pooled_dims, pooled_features, train_transform
-from pretrain.train import resolve_device
+from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
+from cpfs_bench.bench.config import protocol_values, resolve
+from cpfs_bench.bench.runs import (JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device,
+                                   scheduled_lr)
+from cpfs_bench.evaluate.backbone import (assert_trunk_unchanged, default_method_name, default_run_name,
+                                          evaluation_folder, load_trunk, trunk_fingerprint)
+from cpfs_bench.evaluate.datasets import imagenet_folder
+from cpfs_bench.evaluate.features import POOLINGS, PROBE_LAYERS, eval_transform, pooled_dims, pooled_features, train_transform
 
 PROTOCOL = "fair-imagenet-linear-probe"
-# the embedded world is tiny: a short run that still shows the layer trend, recorded as a deviation
-PRESETS = {"smoke": {"epochs": 3, "batch_size": 32, "lr": 0.01}}
+# the embedded world is tiny: a short run that still shows the layer trend; never overrides what the
+# user typed, and recorded as deviations like any other difference from the protocol
+PRESETS = {"smoke": {"epochs": 3, "batch_size": 32}}
+PROTOCOL_FIELDS = ("pooling", "epochs", "milestones", "lr", "momentum", "weight_decay", "batch_size", "resize", "crop")
+# a resumed probe run must agree on these
+RESUME_MUST_MATCH = ("data", "layers", "pooling", "epochs", "milestones", "lr", "momentum", "weight_decay",
+                     "batch_size", "resize", "crop", "seed")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProbeConfig:
+    """The FAIR/VISSL linear-probe protocol (defaults) and the run's own settings."""
+
     ckpt: str = ""
     data: str | None = None  # ImageNet root (train/<wnid>, val/<wnid>); None = the embedded world + preset smoke
     layers: tuple[str, ...] = PROBE_LAYERS
@@ -52,60 +58,36 @@ class ProbeConfig:
     batch_size: int = 256
     resize: int = 256
     crop: int = 227
-    preset: str | None = None
+    preset: str | None = None  # None: "smoke" on the embedded world, else the protocol
     seed: int = 0
     device: str = "auto"
-    workers: int | None = None  # data-loading processes; None = 0 on CPU, 8 on CUDA
-    out: str | None = None  # run folder for probe checkpoints; None = runs/linear-probe-<ckpt stem>
+    workers: int | None = None  # data-loading processes; None = 0 on CPU, min(8, cores) on CUDA
+    out: str | None = None  # run folder; None = runs/linear-probe-<run>-<checkpoint short sha>
     resume: bool = False
     store: str | None = None  # results records; None = $CPFS_BENCH_HOME/results/records.jsonl
-    method: str | None = None  # row name in the tables; None = from the checkpoint
-    deviations: dict = field(default_factory=dict)  # filled by resolve()
+    method: str | None = None  # method name in the tables; None = from the checkpoint
+    name: str | None = None  # run name (a table row); None = the checkpoint's run folder or stem
+    save_minutes: float = 10.0  # resumable state also after this much wall time within an epoch's end
 
 
-PROTOCOL_DEFAULTS = {k: v for k, v in asdict(ProbeConfig()).items()
-                     if k in ("pooling", "epochs", "milestones", "lr", "momentum", "weight_decay", "batch_size",
-                              "resize", "crop")}
-
-
-def resolve(cfg: ProbeConfig) -> ProbeConfig:
-    """Apply the preset (the embedded world gets "smoke" unless one is named) and record deviations."""
-    cfg = copy.deepcopy(cfg)
+def resolve_probe_config(cfg: ProbeConfig, explicit=()) -> tuple[ProbeConfig, dict]:
+    """(cfg with the data folder and the preset resolved, deviations from the protocol). The embedded
+    world gets preset "smoke" unless one is named; `explicit` fields are never overridden."""
     if cfg.data is None:
-        from bench.paths import default_imagenet_world
+        from cpfs_bench.evaluate.default_data import default_imagenet_world
 
-        cfg.data = str(default_imagenet_world())
-        cfg.preset = cfg.preset or "smoke"
-    if cfg.preset:
-        if cfg.preset not in PRESETS:
-            raise ValueError(f"unknown preset {cfg.preset!r}; choose from {sorted(PRESETS)}")
-        for k, v in PRESETS[cfg.preset].items():
-            setattr(cfg, k, v)
+        cfg = replace(cfg, data=str(default_imagenet_world()), preset=cfg.preset or "smoke")
+    if cfg.preset is not None and cfg.preset not in PRESETS:
+        raise ValueError(f"unknown preset {cfg.preset!r}; choose from {sorted(PRESETS)}")
     unknown = set(cfg.layers) - set(PROBE_LAYERS)
     if unknown or not cfg.layers:
         raise ValueError(f"unknown layer(s) {sorted(unknown)}; choose from {PROBE_LAYERS}")
     if cfg.pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {cfg.pooling!r}; choose from {POOLINGS}")
-    cfg.deviations = {k: v for k, v in asdict(cfg).items() if k in PROTOCOL_DEFAULTS and v != PROTOCOL_DEFAULTS[k]}
+    cfg, deviations = resolve(cfg, PRESETS.get(cfg.preset), explicit, protocol_values(ProbeConfig, PROTOCOL_FIELDS))
     if cfg.preset:
-        cfg.deviations["preset"] = cfg.preset
-    return cfg
-
-
-class ImageFolderDataset(Dataset):
-    def __init__(self, samples, transform):
-        self.samples, self.transform = samples, transform
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        path, label = self.samples[i]
-        try:
-            image = Image.open(path).convert("RGB")
-        except Exception as e:
-            raise ValueError(f"{path}: image could not be decoded ({e})") from e
-        return self.transform(image), label
+        deviations["preset"] = cfg.preset
+    return cfg, deviations
 
 
 class LayerProbes(nn.Module):
@@ -123,10 +105,9 @@ class LayerProbes(nn.Module):
         return {layer: probe(features[layer]) for layer, probe in self.probes.items()}
 
 
-def lr_at(cfg: ProbeConfig, epoch_float: float) -> float:
-    """Step schedule; milestones are fractions of the 28-epoch protocol, so they scale with epochs."""
-    drops = sum(epoch_float >= m / 28 * cfg.epochs for m in cfg.milestones)
-    return cfg.lr * 0.1**drops
+def probe_lr(cfg: ProbeConfig, epoch_float: float) -> float:
+    """Step schedule; milestones are epochs of the 28-epoch protocol, so they scale with epochs."""
+    return scheduled_lr("step", cfg.lr, epoch_float, cfg.epochs, milestones=tuple(m / 28 for m in cfg.milestones))
 
 
 @torch.no_grad()
@@ -134,7 +115,7 @@ def evaluate_probes(trunk, probes, loader, layers, pooling, device, progress) ->
     probes.eval()
     correct = {layer: [0, 0] for layer in layers}
     n = 0
-    for images, labels in tqdm(loader, desc="val", unit="batch", leave=False, disable=not progress):
+    for images, labels in progress_bar(loader, desc="val", unit="batch", leave=False, disable=not progress):
         images, labels = images.to(device), labels.to(device)
         logits = probes(pooled_features(trunk, images, layers, pooling))
         for layer, out in logits.items():
@@ -146,103 +127,111 @@ def evaluate_probes(trunk, probes, loader, layers, pooling, device, progress) ->
     return {layer: {"top1": 100 * c1 / n, "top5": 100 * c5 / n} for layer, (c1, c5) in correct.items()}
 
 
-def _append_log(path: Path, entry: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(entry) + "\n")
+def run(cfg: ProbeConfig, progress: bool = True, explicit=()) -> dict:
+    """Train and evaluate the probes; append records; returns {layer: {top1, top5}} plus run info.
+    `explicit`: the fields the user gave (a preset never overrides them)."""
+    from cpfs_bench.evaluate.default_data import describe_dataset
+    from cpfs_bench.results.plots import plot_linear_probes
+    from cpfs_bench.results.store import append_records, default_store, make_record
 
-
-def run(cfg: ProbeConfig, progress: bool = True) -> dict:
-    """Train and evaluate the probes; append records; returns {layer: {top1, top5}} plus run info."""
-    from results.plots import plot_linear_probes
-    from results.store import append_records, default_store, make_record
-
-    cfg = resolve(cfg)
+    cfg, deviations = resolve_probe_config(cfg, explicit)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     trunk, info = load_trunk(cfg.ckpt, device)
+    run_name = cfg.name or default_run_name(cfg.ckpt)
+    cfg = replace(cfg, out=cfg.out or str(evaluation_folder("linear-probe", run_name, info["sha256"])))
     fingerprint = trunk_fingerprint(trunk)
-    train_samples, classes = imagenet_samples(cfg.data, "train")
-    val_samples, val_classes = imagenet_samples(cfg.data, "val")
-    if val_classes != classes:
+    train_set = imagenet_folder(cfg.data, "train", train_transform(info["mean"], info["std"], cfg.resize, cfg.crop))
+    val_set = imagenet_folder(cfg.data, "val", eval_transform(info["mean"], info["std"], cfg.resize, cfg.crop))
+    if val_set.classes != train_set.classes:
         raise ValueError(f"{cfg.data}: train and val have different class folders")
-    workers = cfg.workers if cfg.workers is not None else (8 if device.type == "cuda" else 0)
+    classes = train_set.classes
+    workers = loader_workers(cfg.workers, device)
     generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(ImageFolderDataset(train_samples, train_transform(info["mean"], info["std"], cfg.resize, cfg.crop)),
-                              batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_samples) > cfg.batch_size,
-                              num_workers=workers, generator=generator, pin_memory=device.type == "cuda")
-    val_loader = DataLoader(ImageFolderDataset(val_samples, eval_transform(info["mean"], info["std"], cfg.resize, cfg.crop)),
-                            batch_size=cfg.batch_size, num_workers=workers)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
+                              drop_last=len(train_set) > cfg.batch_size, num_workers=workers, generator=generator,
+                              pin_memory=device.type == "cuda")
+    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, num_workers=workers)
     dims = pooled_dims(trunk, cfg.layers, cfg.crop, cfg.pooling)
     probes = LayerProbes(dims, len(classes)).to(device)
     # fused: the five 9k x 1000 probes make the unfused SGD step ~5x slower on CPU
     optimizer = torch.optim.SGD(probes.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 fused=True)
 
-    out = Path(cfg.out or f"runs/linear-probe-{Path(cfg.ckpt).stem}")
-    last = out / "probe_last.pt"
+    config = {**asdict(cfg), "trunk_sha256": info["sha256"]}
+    folder = RunFolder(cfg.out, "eval linear-probe", config, cfg.resume, RESUME_MUST_MATCH + ("trunk_sha256",))
     start_epoch = 0
-    if last.exists() and not cfg.resume:
-        raise FileExistsError(f"{out} already holds a probe run ({last}); pass --resume or choose another --out")
     if cfg.resume:
-        state = load_checkpoint(last)
-        if state["extra"].get("trunk_sha256") != info["sha256"] or state["config"]["layers"] != list(cfg.layers):
-            raise CheckpointError(f"{last}: was trained on another checkpoint or other layers; cannot resume")
+        state = load_checkpoint(folder.last)
+        if state["extra"].get("trunk_sha256") != info["sha256"]:
+            raise CheckpointError(f"{folder.last}: was trained on another checkpoint; cannot resume")
         probes.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["step"]
         set_rng_state(state["rng"])
         generator.set_state(state["extra"]["loader_rng"])
-    out.mkdir(parents=True, exist_ok=True)
 
     steps_per_epoch = len(train_loader)
     start = time.perf_counter()
-    log = out / "log.jsonl"
-    for epoch in range(start_epoch, cfg.epochs):
-        bar = tqdm(train_loader, desc=f"probe epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress)
-        loss_sum = {layer: torch.zeros((), device=device) for layer in cfg.layers}
-        correct = {layer: torch.zeros((), device=device) for layer in cfg.layers}
-        seen, epoch_start = 0, time.perf_counter()
-        for i, (images, labels) in enumerate(bar):
-            lr = lr_at(cfg, epoch + i / steps_per_epoch)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            images, labels = images.to(device, non_blocking=True), labels.to(device)
-            features = pooled_features(trunk, images, cfg.layers, cfg.pooling)  # one forward feeds every probe
-            logits = probes(features)
-            losses = {layer: F.cross_entropy(out_, labels) for layer, out_ in logits.items()}
-            loss = sum(losses.values())
-            if not math.isfinite(loss.item()):
-                raise RuntimeError(f"probe loss became {loss.item()} at epoch {epoch + 1}; try a lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            bar.set_postfix({layer: f"{v.item():.2f}" for layer, v in losses.items()})
-            for layer in cfg.layers:  # summed on the device: no extra synchronisation per layer
-                loss_sum[layer] += losses[layer].detach() * len(labels)
-                correct[layer] += (logits[layer].detach().argmax(1) == labels).sum()
-            seen += len(labels)
-        save_checkpoint(last, arch=info["arch"], trunk={}, head=probes.state_dict(), loss="linear-probe",
-                        step=epoch + 1, config={**asdict(cfg), "layers": list(cfg.layers)},
-                        optimizer=optimizer.state_dict(),
-                        extra={"trunk_sha256": info["sha256"], "loader_rng": generator.get_state()})
-        _append_log(log, {"epoch": epoch + 1, "lr": lr,  # at the last step of the epoch
-                          "seconds": round(time.perf_counter() - epoch_start, 2),
-                          "train_loss": {layer: loss_sum[layer].item() / seen for layer in cfg.layers},
-                          "train_top1": {layer: 100 * correct[layer].item() / seen for layer in cfg.layers}})
-    scores = evaluate_probes(trunk, probes, val_loader, cfg.layers, cfg.pooling, device, progress)
-    assert_trunk_unchanged(trunk, fingerprint)
+    log = JsonlLog(folder.log_path, resume_at=start_epoch if cfg.resume else None, key="epoch")
+    try:
+        with StopRequests(folder, cfg.save_minutes) as stop:
+            for epoch in range(start_epoch, cfg.epochs):
+                bar = progress_bar(train_loader, desc=f"probe epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                                   disable=not progress)
+                loss_sum = {layer: torch.zeros((), device=device) for layer in cfg.layers}
+                correct = {layer: torch.zeros((), device=device) for layer in cfg.layers}
+                seen, epoch_start = 0, time.perf_counter()
+                for i, (images, labels) in enumerate(bar):
+                    lr = probe_lr(cfg, epoch + i / steps_per_epoch)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    images, labels = images.to(device, non_blocking=True), labels.to(device)
+                    features = pooled_features(trunk, images, cfg.layers, cfg.pooling)  # one forward, every probe
+                    logits = probes(features)
+                    losses = {layer: F.cross_entropy(out_, labels) for layer, out_ in logits.items()}
+                    loss = sum(losses.values())
+                    if not math.isfinite(loss.item()):
+                        raise RuntimeError(f"probe loss became {loss.item()} at epoch {epoch + 1}; try a lower --lr")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    bar.set_postfix({layer: f"{v.item():.2f}" for layer, v in losses.items()})
+                    for layer in cfg.layers:  # summed on the device: no extra synchronisation per layer
+                        loss_sum[layer] += losses[layer].detach() * len(labels)
+                        correct[layer] += (logits[layer].detach().argmax(1) == labels).sum()
+                    seen += len(labels)
+                    if stop.requested:  # an ImageNet epoch is long: leave now, resume redoes this epoch
+                        stop.raise_if_requested(f"batch {i + 1} of epoch {epoch + 1} (a resume restarts epoch "
+                                                f"{epoch + 1}; the state at its start is kept)")
+                # the probes are small: their state is saved at every epoch's end (and so on a signal)
+                save_checkpoint(folder.last, arch=info["arch"], trunk={}, head=probes.state_dict(),
+                                loss="linear-probe", step=epoch + 1, config=config, optimizer=optimizer.state_dict(),
+                                extra={"trunk_sha256": info["sha256"], "loader_rng": generator.get_state()})
+                stop.save_due(True)
+                log.write({"epoch": epoch + 1, "lr": lr,  # at the last step of the epoch
+                           "seconds": round(time.perf_counter() - epoch_start, 2),
+                           "train_loss": {layer: loss_sum[layer].item() / seen for layer in cfg.layers},
+                           "train_top1": {layer: 100 * correct[layer].item() / seen for layer in cfg.layers}})
+                stop.raise_if_requested(f"epoch {epoch + 1}")
+            scores = evaluate_probes(trunk, probes, val_loader, cfg.layers, cfg.pooling, device, progress)
+            assert_trunk_unchanged(trunk, fingerprint)
+            log.write({"val": scores})
+    finally:
+        log.close()
 
     method = cfg.method or default_method_name(info, cfg.ckpt)
-    records = [make_record("imagenet_linear", metric, scores[layer][metric], method=method, protocol=PROTOCOL,
-                           layer=layer, deviations=cfg.deviations, checkpoint=cfg.ckpt, checkpoint_sha256=info["sha256"],
-                           dataset=cfg.data, split="val",
+    dataset = describe_dataset(cfg.data, len(classes), "val", len(val_set))
+    records = [make_record("imagenet_linear", metric, scores[layer][metric], method=method, run=run_name,
+                           protocol=PROTOCOL, layer=layer, deviations=deviations, checkpoint=cfg.ckpt,
+                           checkpoint_sha256=info["sha256"], checkpoint_step=info["step"], dataset=cfg.data,
+                           dataset_info=dataset, split="val",
                            extra={"input_dim": dims[layer], "classes": len(classes), "pooling": cfg.pooling,
-                                  "arch": info["arch"]})
+                                  "arch": info["arch"], "run_folder": str(folder.out)})
                for layer in cfg.layers for metric in ("top1", "top5")]
     store = Path(cfg.store) if cfg.store else default_store()
     append_records(store, records)
-    _append_log(log, {"val": scores})
-    figure = plot_linear_probes([r for r in records if r["metric"] == "top1"], out / "layers.png")
-    return {"scores": scores, "figure": str(figure), "log": str(log), "dims": dims, "method": method,
-            "store": str(store), "out": str(out),
-            "seconds": time.perf_counter() - start, "deviations": cfg.deviations, "data": cfg.data}
+    figure = plot_linear_probes([r for r in records if r["metric"] == "top1"], folder.out / "layers.png")
+    return {"scores": scores, "figure": str(figure), "log": str(folder.log_path), "dims": dims, "method": method,
+            "run": run_name, "store": str(store), "out": str(folder.out),
+            "seconds": time.perf_counter() - start, "deviations": deviations, "data": cfg.data}

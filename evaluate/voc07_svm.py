@@ -65,10 +65,10 @@ from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from bench.parallel import worker_count
-from evaluate.datasets import VOC_CLASSES, voc_classification_labels, voc_image_path, voc_year_dir
-from evaluate.metrics import classification_ap
-from pretrain.flow import atomic_write_bytes
+from cpfs_bench.bench.parallel import worker_count
+from cpfs_bench.evaluate.datasets import VOC_CLASSES, voc_classification_labels, voc_image_path, voc_year_dir
+from cpfs_bench.evaluate.metrics import classification_ap
+from cpfs_bench.bench.files import atomic_write_bytes
 
 # torch (through evaluate.features) is imported only where features are extracted: the SVM worker
 # processes import this module, and torch + torchvision would add seconds to each one's start-up.
@@ -90,14 +90,14 @@ TEST_METRIC = "all-point"
 
 
 def _probe_layers() -> tuple[str, ...]:
-    from evaluate.features import PROBE_LAYERS
+    from cpfs_bench.evaluate.features import PROBE_LAYERS
 
     return PROBE_LAYERS
 
 
-@dataclass
+@dataclass(frozen=True)
 class SVMConfig:
-    ckpt: str  # a cpfs-bench checkpoint, or a plain CaffeNet or torchvision AlexNet state_dict
+    ckpt: str = ""  # a cpfs-bench checkpoint, or a plain CaffeNet or torchvision AlexNet state_dict
     voc: str | None = None  # VOCdevkit root (or its parent); None = the embedded world (bench.paths)
     layers: tuple[str, ...] = field(default_factory=_probe_layers)  # default: PROBE_LAYERS, conv1..conv5
     pooling: str = "avg"  # "bilinear" = Zhang et al.'s resize variant (a deviation)
@@ -107,19 +107,21 @@ class SVMConfig:
     batch_size: int = 32  # images per trunk forward
     cache: str | None = None  # feature cache root; None = $CPFS_BENCH_HOME/cache/features
     store: str | None = None  # results records; None = $CPFS_BENCH_HOME/results/records.jsonl
-    method: str | None = None  # row name in the tables; None = from the checkpoint ("CPFS-KTA", ...)
-    device: str = "cpu"
+    method: str | None = None  # method name in the tables; None = from the checkpoint ("CPFS-KTA", ...)
+    name: str | None = None  # run name (a table row); None = the checkpoint's run folder or stem
+    device: str = "auto"
     preset: str | None = None  # "smoke": SMOKE_COSTS, for a quick look (recorded as a deviation)
 
 
-PROTOCOL_DEFAULTS = {"pooling": "avg", "costs": GOYAL19_COSTS, "cv_folds": 3}
+PROTOCOL_FIELDS = ("pooling", "costs", "cv_folds")
 # a quick look; the full 26-cost protocol runs on the embedded world in ~75 s on 2 CPU cores
 SMOKE_COSTS = (0.01, 0.1, 1.0, 10.0)
+PRESETS = {"smoke": {"costs": SMOKE_COSTS}}
 
 
-def check_config(cfg: SVMConfig) -> dict:
-    """Validate the settings (ValueError naming the bad one); returns the deviations from the protocol."""
-    from evaluate.features import POOLINGS, PROBE_LAYERS
+def check_config(cfg: SVMConfig) -> None:
+    """Validate the settings (ValueError naming the bad one)."""
+    from cpfs_bench.evaluate.features import POOLINGS, PROBE_LAYERS
 
     if isinstance(cfg.layers, str) or len(set(cfg.layers)) != len(cfg.layers):
         raise ValueError(f"layers must be a tuple of distinct layer names, got {cfg.layers!r}")
@@ -135,8 +137,8 @@ def check_config(cfg: SVMConfig) -> dict:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0 (0 = every core), got {cfg.workers}")
-    settings = {"pooling": cfg.pooling, "costs": tuple(float(c) for c in cfg.costs), "cv_folds": cfg.cv_folds}
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if v != PROTOCOL_DEFAULTS[k]}
+    if cfg.preset is not None and cfg.preset not in PRESETS:
+        raise ValueError(f"unknown preset {cfg.preset!r}; choose from {sorted(PRESETS)}")
 
 
 def check_costs(costs) -> tuple[float, ...]:
@@ -196,8 +198,8 @@ def extract_split(trunk, info: dict, voc, split: str, layers, pooling: str, fold
     import torch
     from torch.utils.data import DataLoader
 
-    from evaluate.datasets import VOCClassification
-    from evaluate.features import eval_transform, pooled_features
+    from cpfs_bench.evaluate.datasets import VOCClassification
+    from cpfs_bench.evaluate.features import eval_transform, pooled_features
 
     dataset = VOCClassification(voc, YEAR, split, transform=eval_transform(info["mean"], info["std"], RESIZE, CROP))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=loader_workers)
@@ -403,31 +405,32 @@ def svm_layer(train_x, train_labels, test_x, test_labels, costs=GOYAL19_COSTS, f
 # The benchmark
 # ----------------------------------------------------------------------------------------------------
 
-def run(cfg: SVMConfig, progress: bool = True) -> dict:
+def run(cfg: SVMConfig, progress: bool = True, explicit=()) -> dict:
     """Features (cached), SVMs per layer, one record per layer appended to the store.
 
     Returns {"mAP": {layer: percent}, "layers": {layer: {"mAP" percent, "ap": {class: percent (nan =
     skipped)}, "best_cost": {class: C or None}, "skipped": {class: reason}, "notes", "feature_dim",
     "convergence_warnings", "seconds"}}, "cache_hits": {split: {layer: bool}}, "cache_hit": bool (every
     feature came from the cache), "seconds": {"features", "svm", "total"}, "method", "deviations", "voc",
-    "store"}."""
-    from bench.paths import bench_home
-    from evaluate.backbone import assert_trunk_unchanged, default_method_name, load_trunk, trunk_fingerprint
-    from pretrain.train import resolve_device
-    from results.store import append_records, default_store, make_record
+    "store"}. `explicit`: the fields the user gave (a preset never overrides them)."""
+    from cpfs_bench.bench.config import protocol_values, resolve
+    from cpfs_bench.bench.paths import bench_home
+    from cpfs_bench.bench.runs import resolve_device
+    from cpfs_bench.evaluate.backbone import (assert_trunk_unchanged, default_method_name, default_run_name, load_trunk,
+                                              trunk_fingerprint)
+    from cpfs_bench.evaluate.default_data import describe_dataset
+    from cpfs_bench.results.store import append_records, default_store, make_record
 
     start = time.perf_counter()
     if cfg.voc is None:
-        from bench.paths import default_voc_world
+        from cpfs_bench.evaluate.default_data import default_voc_world
 
         voc = str(default_voc_world(progress=progress))
     else:
         voc = cfg.voc
-    if cfg.preset not in (None, "smoke"):
-        raise ValueError(f"unknown preset {cfg.preset!r}; choose smoke")
-    if cfg.preset == "smoke":
-        cfg = replace(cfg, costs=SMOKE_COSTS)
-    deviations = check_config(cfg)
+    check_config(cfg)
+    cfg, deviations = resolve(replace(cfg, costs=tuple(float(c) for c in cfg.costs)), PRESETS.get(cfg.preset),
+                              explicit, protocol_values(SVMConfig, PROTOCOL_FIELDS))
     if cfg.preset:
         deviations["preset"] = cfg.preset
     voc_year_dir(voc, YEAR)  # FileNotFoundError naming the folder looked for
@@ -448,6 +451,8 @@ def run(cfg: SVMConfig, progress: bool = True) -> dict:
     feature_seconds = time.perf_counter() - start
 
     method = cfg.method or default_method_name(info, cfg.ckpt)
+    run_name = cfg.name or default_run_name(cfg.ckpt)
+    dataset = describe_dataset(voc_year_dir(voc, YEAR), 20, "test", len(labels["test"]))
     layers, records = {}, []
     for layer in cfg.layers:
         t0 = time.perf_counter()
@@ -468,8 +473,9 @@ def run(cfg: SVMConfig, progress: bool = True) -> dict:
               + (f" (skipped {', '.join(f'{c}: {why}' for c, why in skipped.items())})" if skipped else ""),
               file=sys.stderr)
         records.append(make_record(
-            TASK, "mAP", mean_ap, method=method, protocol=PROTOCOL, layer=layer, deviations=deviations,
-            checkpoint=cfg.ckpt, checkpoint_sha256=info["sha256"], dataset=voc, split="test",
+            TASK, "mAP", mean_ap, method=method, run=run_name, protocol=PROTOCOL, layer=layer, deviations=deviations,
+            checkpoint=cfg.ckpt, checkpoint_sha256=info["sha256"], checkpoint_step=info["step"], dataset=voc,
+            dataset_info=dataset, split="test",
             extra={"feature_dim": dim, "best_costs": best,
                    "ap": {c: (None if math.isnan(a) else a) for c, a in ap.items()},
                    "skipped_classes": skipped, "notes": notes, "cv_metric": CV_METRIC, "test_metric": TEST_METRIC,
@@ -480,4 +486,4 @@ def run(cfg: SVMConfig, progress: bool = True) -> dict:
     return {"mAP": {layer: v["mAP"] for layer, v in layers.items()}, "layers": layers, "cache_hits": hits,
             "cache_hit": all(all(h.values()) for h in hits.values()),
             "seconds": {"features": feature_seconds, "svm": total - feature_seconds, "total": total},
-            "method": method, "deviations": deviations, "voc": voc, "store": str(store)}
+            "method": method, "run": run_name, "deviations": deviations, "voc": voc, "store": str(store)}

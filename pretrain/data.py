@@ -13,11 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pretrain.flow import read_flow_png
+from cpfs_bench.bench.checkpoint import MEAN, STD
+from cpfs_bench.bench.flowio import read_flow_png
 
-# ImageNet RGB statistics: the input normalisation of every checkpoint (recorded in it)
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 class NoFlowDataError(ValueError):

@@ -4,7 +4,8 @@ Output layout, one folder per video (a folder exists only once the video is comp
 run resumes by skipping finished folders):
 
     OUT/manifest.json            every finished video: name, source, frame count, size, method
-    OUT/failures.txt             videos that could not be read in the last run (name, path, error)
+    OUT/failures.txt             videos that could not be read in the last run (name, path, "failed: error"),
+                                 and truncated ones whose decodable prefix was kept ("partial: ... frame N")
     OUT/<name>/meta.json
     OUT/<name>/preview.jpg         first frame beside its colour-coded flow, to eyeball the result
     OUT/<name>/frames/000000.jpg ...    frame i
@@ -25,8 +26,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from bench.parallel import parallel_map, worker_count
-from pretrain.flow import METHODS, atomic_write_bytes, encode_flow_png, flow_to_image, make_flow_estimator
+from cpfs_bench.bench.parallel import parallel_map, worker_count
+from cpfs_bench.bench.files import atomic_write_bytes
+from cpfs_bench.bench.flowio import encode_flow_png, flow_to_image
+from cpfs_bench.pretrain.flow import METHODS, make_flow_estimator
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -56,6 +59,18 @@ class VideoSource:
 
 class NoVideosError(ValueError):
     pass
+
+
+class DecodingStopped(ValueError):
+    """A video stopped decoding part-way (truncated or corrupt); `frame` is the first frame lost."""
+
+    def __init__(self, message: str, frame: int):
+        super().__init__(message)
+        self.frame = frame
+
+
+# the settings a finished video folder must share with a rerun into the same --out
+SETTINGS = ("method", "resize", "stride", "max_frames")
 
 
 def discover_videos(paths) -> list[VideoSource]:
@@ -109,6 +124,7 @@ def read_frames(source: VideoSource) -> Iterator[np.ndarray]:
             raise ValueError(f"{source.path}: file has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "SLICE"  # frame threading adds latency and we run one process per core
+        decoded = 0
         try:
             for frame in container.decode(stream):
                 if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
@@ -116,8 +132,9 @@ def read_frames(source: VideoSource) -> Iterator[np.ndarray]:
                     yield cv2.cvtColor(frame.to_ndarray(format="yuv420p"), cv2.COLOR_YUV2BGR_I420)
                 else:
                     yield frame.to_ndarray(format="bgr24")
+                decoded += 1
         except av.error.FFmpegError as e:
-            raise ValueError(f"{source.path}: decoding failed ({e})") from e
+            raise DecodingStopped(f"{source.path}: decoding stopped at frame {decoded} ({e})", decoded) from e
 
 
 def _prepare(frame: np.ndarray, resize) -> np.ndarray:
@@ -140,7 +157,16 @@ def process_video(source: VideoSource, out: Path, config: FlowConfig) -> dict:
     shape = None
     flow_seconds = 0.0
     start = time.perf_counter()
-    for i, frame in enumerate(read_frames(source)):
+    partial = None
+    frames = enumerate(read_frames(source))
+    while True:
+        try:
+            i, frame = next(frames)
+        except StopIteration:
+            break
+        except DecodingStopped as e:  # keep the decodable prefix; the caller lists the video as partial
+            partial = {"stopped_at_frame": e.frame, "error": str(e)}
+            break
         if i % config.stride:
             continue
         if config.max_frames is not None and n_frames >= config.max_frames:
@@ -177,6 +203,8 @@ def process_video(source: VideoSource, out: Path, config: FlowConfig) -> dict:
         "method": config.method,
         "stride": config.stride,
         "resize": list(config.resize) if config.resize else None,
+        "max_frames": config.max_frames,
+        "partial": partial,
         "seconds": round(time.perf_counter() - start, 3),
         "flow_seconds": round(flow_seconds, 3),
     }
@@ -195,6 +223,13 @@ def _worker(args):
     except Exception as e:
         shutil.rmtree(out / f".{source.name}.partial", ignore_errors=True)
         return source, None, f"{type(e).__name__}: {e}"
+
+
+def settings_of(meta: dict) -> dict:
+    """The SETTINGS of a video's meta.json or of a FlowConfig (as a dict), comparable."""
+    resize = meta.get("resize")
+    return {"method": meta.get("method"), "resize": list(resize) if resize else None, "stride": meta.get("stride", 1),
+            "max_frames": meta.get("max_frames")}
 
 
 def finished_meta(out: Path, name: str) -> dict | None:
@@ -223,12 +258,22 @@ def extract_flow(config: FlowConfig, progress: bool = True) -> dict:
         raise NoVideosError(
             f"no videos ({', '.join(VIDEO_EXTENSIONS)}) or frame folders found in {', '.join(map(str, config.videos))}"
         )
+    asked = settings_of(asdict(config))
+    clashes = []
+    for s in sources:
+        meta = finished_meta(out, s.name)
+        if meta is not None and settings_of(meta) != asked:
+            clashes.append(f"{s.name} ({', '.join(f'{k}: {settings_of(meta)[k]!r} there, {asked[k]!r} asked' for k in SETTINGS if settings_of(meta)[k] != asked[k])})")
+    if clashes:
+        raise ValueError(f"{out} already holds videos extracted with other settings: {'; '.join(clashes[:5])}"
+                         f"{' ...' if len(clashes) > 5 else ''}; use another --out or the same settings")
     todo = [s for s in sources if finished_meta(out, s.name) is None]
     cores = os.cpu_count() or 1
     workers = worker_count(config.workers, len(todo))
     # one process per video, one OpenCV thread each; a lone video gets every core's threads instead
     threads = max(1, cores // workers)
     failures = []
+    partial = []
     done = []
     start = time.perf_counter()
     jobs = [(s, out, config, threads) for s in todo]
@@ -239,11 +284,17 @@ def extract_flow(config: FlowConfig, progress: bool = True) -> dict:
         if error is None:
             done.append(meta)
             pairs += meta["pairs"]
+            if meta["partial"]:
+                partial.append((source, meta["partial"]))
+                tqdm.write(f"partial: {source.path}: kept frames 0..{meta['frames'] - 1}; "
+                           f"{meta['partial']['error']}", file=sys.stderr)
         else:
             failures.append((source, error))
             tqdm.write(f"failed: {source.path}: {error}", file=sys.stderr)
         bar.set_postfix(pairs_per_s=f"{pairs / max(time.perf_counter() - start, 1e-9):.0f}")
-    lines = [f"{s.name}\t{s.path}\t{err}" for s, err in failures]
+    lines = [f"{s.name}\t{s.path}\tfailed: {err}" for s, err in failures]
+    lines += [f"{s.name}\t{s.path}\tpartial: decoding stopped at frame {p['stopped_at_frame']}; the frames before it "
+              f"were kept ({p['error']})" for s, p in partial]
     atomic_write_bytes(out / "failures.txt", ("\n".join(lines) + ("\n" if lines else "")).encode())
     manifest = write_manifest(out)
     return {
@@ -251,6 +302,7 @@ def extract_flow(config: FlowConfig, progress: bool = True) -> dict:
         "processed": len(done),
         "skipped": len(sources) - len(todo),
         "failed": len(failures),
+        "partial": len(partial),
         "pairs": pairs,
         "total_pairs": sum(v["pairs"] for v in manifest["videos"]),
         "seconds": time.perf_counter() - start,

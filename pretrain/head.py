@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.alexnet import CHANNELS
+from cpfs_bench.pretrain.alexnet import CHANNELS
 
 SOURCES = ("conv1", "pool1", "conv3", "pool5", "fc7")
 
@@ -80,16 +80,24 @@ class HypercolumnHead(nn.Module):
 
 
 def sample_pixel_positions(valid: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw n pixel positions per image among valid pixels. valid (B, H, W) bool -> (B, N, 2) long (x, y).
+    """Draw n pixel positions per image among valid pixels, on valid's device in a few batched calls
+    (no per-image loop on the host). valid (B, H, W) bool -> (B, N, 2) long (x, y).
 
-    Without replacement where an image has at least n valid pixels; an image with none falls back to
-    all pixels (its flow is then zero, which the caller should have masked)."""
+    Uniformly without replacement where an image has at least n valid pixels (the n smallest of
+    uniform random keys over its valid pixels); with replacement among its valid pixels where it has
+    fewer; an image with none falls back to all pixels (its flow is then zero, which the caller should
+    have masked). `generator` must live on valid's device."""
     b, h, w = valid.shape
-    weights = valid.reshape(b, -1).float()
-    idx = []
-    for wt in weights:
-        if wt.sum() == 0:
-            wt = torch.ones_like(wt)
-        idx.append(torch.multinomial(wt, n, replacement=bool(wt.sum() < n), generator=generator))
-    idx = torch.stack(idx)
+    flat = valid.reshape(b, -1)
+    counts = flat.sum(1)
+    keys = torch.rand(flat.shape, generator=generator, device=valid.device)
+    keys = keys.masked_fill(~flat, 2.0)  # invalid pixels sort after every valid one
+    short = counts < n
+    if n <= h * w:
+        idx = keys.topk(n, dim=1, largest=False).indices
+    else:
+        idx = torch.zeros(b, n, dtype=torch.long, device=valid.device)
+    if bool(short.any()):  # rare: too few valid pixels, draw with replacement among them
+        weights = torch.where(counts[:, None] > 0, flat.float(), torch.ones_like(flat, dtype=torch.float))
+        idx[short] = torch.multinomial(weights[short], n, replacement=True, generator=generator)
     return torch.stack([idx % w, idx // w], dim=2)

@@ -73,6 +73,37 @@ def _column_block_terms(embeddings, flow, sigma, start: int, stop: int, kind: st
     return (log_s_phi.exp() * log_s_f).sum((1, 2))
 
 
+@torch.no_grad()
+def target_entropy(embeddings: torch.Tensor, flow: torch.Tensor, sigma, kind: str, block: int | None = None) -> torch.Tensor:
+    """The column-softmax entropy of the CE loss's target, -(1/N) sum_q sum_p S log S, mean over the
+    batch (0-dim): S_f for "ce", S_phi for "ce-rev". loss - target_entropy = KL(target || prediction),
+    which is what the CE losses minimise: their absolute value sits near log N because both column
+    softmaxes of kernels bounded in [-1/4, 1/4] and [0, 1] are close to uniform."""
+    if kind not in ("ce", "ce-rev"):
+        raise ValueError(f"target_entropy is defined for the CE losses, not {kind!r}")
+    embeddings, flow = embeddings.float(), flow.float()
+    batch, n = embeddings.shape[:2]
+    block = block or max(16, BLOCK_BYTES // (4 * max(batch * n, 1)))
+    total = torch.zeros(batch, device=flow.device)
+    for start in range(0, n, block):
+        columns = slice(start, min(start + block, n))
+        k = flow_kernel(flow, sigma, columns) if kind == "ce" else embedding_kernel(embeddings, columns)
+        log_s = torch.log_softmax(k, dim=1)
+        total -= (log_s.exp() * log_s).sum((1, 2))
+    return (total / n).mean()
+
+
+@torch.no_grad()
+def mean_pairwise_cosine(embeddings: torch.Tensor) -> float:
+    """Mean cosine similarity over pairs p != q of each image's pixel embeddings (B, N, D), averaged
+    over the batch: near 1 means the embeddings collapsed to one vector."""
+    e = F.normalize(embeddings.float(), dim=2)
+    n = e.shape[1]
+    s = e.sum(1)  # sum_p sum_q e_p . e_q = |sum_p e_p|^2, without the N x N matrix
+    pair_sum = (s * s).sum(1) - (e * e).sum((1, 2))
+    return (pair_sum / max(n * (n - 1), 1)).mean().item()
+
+
 # one (B, N, block) float32 kernel slice at most this big; smaller problems stay dense
 BLOCK_BYTES = 256 * 2**20
 
@@ -126,17 +157,23 @@ class Sigma(nn.Module):
 
 
 def fit_flow_codebook(flows: np.ndarray, k: int = 16, seed: int = 0) -> np.ndarray:
-    """k-means codebook (k, 2) over flow vectors (M, 2), in the units the classifier will see.
+    """k-means codebook (k, 2) over flow vectors (M, 2), in the units the classifier will see,
+    symmetric under a horizontal flip: for every centre (u, v) the codebook holds (-u, v).
 
     Fitted on the training videos themselves, so every class is populated on whatever footage is
-    used (a fixed polar grid leaves most bins empty on real video, where small motions dominate)."""
+    used (a fixed polar grid leaves most bins empty on real video, where small motions dominate).
+    Training flips frames (negating u), so the k/2 centres are fitted to the flow folded onto u >= 0
+    and mirrored: a flipped pixel's class is the mirror of the unflipped one's."""
     from sklearn.cluster import KMeans
 
+    if k < 2 or k % 2:
+        raise ValueError(f"the direct-cls codebook size must be even (mirrored pairs), got {k}")
     flows = np.asarray(flows, np.float64).reshape(-1, 2)
-    if len(flows) < k:
-        raise ValueError(f"need at least {k} flow vectors to fit a {k}-entry codebook, got {len(flows)}")
-    km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(flows)
-    centres = km.cluster_centers_
+    if len(flows) < k // 2:
+        raise ValueError(f"need at least {k // 2} flow vectors to fit a {k}-entry codebook, got {len(flows)}")
+    folded = np.stack([np.abs(flows[:, 0]), flows[:, 1]], 1)
+    half = KMeans(n_clusters=k // 2, n_init=3, random_state=seed).fit(folded).cluster_centers_
+    centres = np.concatenate([half, half * np.array([-1.0, 1.0])])
     order = np.lexsort((centres[:, 1], centres[:, 0]))  # stable class ids: sorted by (u, v)
     return centres[order].astype(np.float32)
 

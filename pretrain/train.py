@@ -1,35 +1,46 @@
 """`bench pretrain`: the CPFS training loop (trunk + hypercolumn head + loss), plain and top to bottom."""
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
-from pretrain.alexnet import ARCHITECTURES, build_trunk
-from pretrain.curves import plot_training_log
-from pretrain.data import MEAN, STD, FlowFrames, StepBatchSampler
-from pretrain.head import SOURCES, HypercolumnHead, sample_pixel_positions
-from pretrain.losses import LOSSES, Sigma, cpfs_loss, direct_cls_loss, fit_flow_codebook, squash_flow
-from pretrain.flow import read_flow_png
+from cpfs_bench.bench.checkpoint import MEAN, STD, load_checkpoint, save_checkpoint, set_rng_state
+from cpfs_bench.bench.config import resolve
+from cpfs_bench.bench.flowio import read_flow_png
+from cpfs_bench.bench.runs import (SCHEDULES, JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar,
+                                   resolve_device, scheduled_lr)
+from cpfs_bench.pretrain.alexnet import ARCHITECTURES, build_trunk
+from cpfs_bench.pretrain.curves import plot_training_log
+from cpfs_bench.pretrain.data import FlowFrames, StepBatchSampler
+from cpfs_bench.pretrain.head import SOURCES, HypercolumnHead, sample_pixel_positions
+from cpfs_bench.pretrain.losses import (LOSSES, Sigma, cpfs_loss, direct_cls_loss, fit_flow_codebook,
+                                        mean_pairwise_cosine, squash_flow, target_entropy)
 
-# settings that define the model or the objective: a resumed run must agree on them
-MODEL_FIELDS = ("loss", "arch", "pixels", "hidden", "embed_dim", "classes", "squash", "crop")
+# a resumed run must agree on these: they define the model, the objective or the data order
+RESUME_MUST_MATCH = ("loss", "data", "arch", "batch_size", "pixels", "hidden", "embed_dim", "classes", "optimizer",
+                     "sigma", "learn_sigma", "squash", "crop", "seed")
+# what the paper states (seed/cpfs-paper-notes.txt); our defaults that differ are recorded as deviations
+PAPER = {"learn_sigma": True, "embed_dim": 16}
+# embeddings whose mean pairwise cosine stays above this (after COLLAPSE_AFTER steps) have collapsed
+COLLAPSE_COSINE = 0.95
+COLLAPSE_AFTER = 200
 
 
-@dataclass
+@dataclass(frozen=True)
 class PretrainConfig:
     """CPFS pretraining. The paper does not publish its optimiser or schedule; these defaults are our
     choice (Adam, cosine decay) and sized so the embedded default finishes in minutes on 2 CPU cores.
-    Scale up with --iters and --batch-size for real pretraining."""
+    Scale up with iters and batch_size for real pretraining.
+
+    sigma: the flow kernel's bandwidth, fixed at 0.06 in squashed-flow units by default (as the public
+    re-implementation). The paper learns it (learn_sigma=True), but with a learned sigma KTA has a
+    collapsed global minimum (constant embeddings, sigma -> infinity); see README "Choice of sigma"."""
 
     loss: str = "kta"
     data: str | None = None  # a `bench flow` folder; None = the embedded default world
@@ -40,46 +51,29 @@ class PretrainConfig:
     pixels: int = 512  # sampled pixels per image (the sparsity trick)
     hidden: int = 256  # hidden width of the head's MLP (4928 -> hidden -> D)
     embed_dim: int = 16
-    classes: int = 16  # direct-cls: flow codebook size
+    classes: int = 16  # direct-cls: flow codebook size (even: mirrored pairs)
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0
     schedule: str = "cosine"  # cosine | step (x0.1 at 50% and 75%) | constant
-    sigma: float = 0.06  # initial flow-kernel bandwidth, in squashed-flow units when squash is on
-    learn_sigma: bool = True
+    sigma: float = 0.06  # flow-kernel bandwidth (initial value when learned), squashed-flow units with squash
+    learn_sigma: bool = False
     squash: bool = True  # flow -> sign(f) min(log(|f|+1)/log(51), 1) before the kernel
     crop: int = 227
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-    workers: int | None = None  # data-loading processes; None = 0 on CPU (no spare core), 8 on CUDA
-    ckpt_every: int = 100  # write last.pt (resumable) every this many steps, and at the end
-    snapshot_every: int = 100  # keep step_XXXXXX.pt (weights only) every this many steps; 0 = never
+    workers: int | None = None  # data-loading processes; None = 0 on CPU, min(8, cores) on CUDA
+    ckpt_every: int = 100  # write last.pt (resumable) every this many steps, at the end, on SIGINT/SIGTERM
+    save_minutes: float = 10.0  # ... and after this much wall time since the last save
+    snapshot_every: int = 0  # keep weights-only step_XXXXXX.pt every this many steps; 0 = never
     log_every: int = 1
     resume: bool = False
 
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
-    return torch.device(name)
-
-
-def lr_at(cfg: PretrainConfig, step: int) -> float:
-    if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(cfg.iters, 1)))
-    if cfg.schedule == "step":
-        return cfg.lr * 0.1 ** sum(step >= f * cfg.iters for f in (0.5, 0.75))
-    if cfg.schedule == "constant":
-        return cfg.lr
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine, step or constant")
 
 
 def gather_flow(flow: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -110,33 +104,39 @@ def build_model(cfg: PretrainConfig):
 
 
 def check_config(cfg: PretrainConfig) -> None:
+    """ValueError naming the first bad setting (the CLI's option types catch most of these first)."""
     if cfg.loss not in LOSSES:
         raise ValueError(f"unknown loss {cfg.loss!r}; choose from {LOSSES}")
     if cfg.arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {cfg.arch!r}; choose from {ARCHITECTURES}")
     if cfg.optimizer not in ("adam", "sgd"):
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adam or sgd")
-    lr_at(cfg, 0)
-    if min(cfg.iters, cfg.batch_size, cfg.pixels, cfg.ckpt_every, cfg.log_every) < 1:
-        raise ValueError("iters, batch size, pixels, ckpt/log intervals must be >= 1")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose from {SCHEDULES}")
+    for name in ("iters", "batch_size", "pixels", "ckpt_every", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.sigma <= 0 or cfg.lr <= 0 or cfg.save_minutes <= 0:
+        raise ValueError("sigma, lr and save_minutes must be > 0")
+
+
+def paper_deviations(cfg: PretrainConfig) -> dict:
+    """Every setting that departs from what the paper states (recorded in the checkpoint)."""
+    return resolve(cfg, None, (), PAPER)[1]
 
 
 def run(cfg: PretrainConfig, progress: bool = True, stop_after: int | None = None) -> dict:
     """Train; returns a summary (out, steps, first/last loss, seconds). Raises TrainingDiverged on a
-    non-finite loss (last good checkpoint kept) and CheckpointError on an incompatible --resume.
+    non-finite loss (last good checkpoint kept), CheckpointError on an incompatible --resume and
+    RunInterrupted after SIGINT/SIGTERM (state saved first).
     stop_after: leave after that step with last.pt written, as a preempted job would (resumable)."""
     check_config(cfg)
     if cfg.data is None:
-        from bench.paths import default_flow_data
+        from cpfs_bench.pretrain.default_data import default_flow_data
 
-        cfg.data = str(default_flow_data(progress=progress))
-    out = Path(cfg.out or f"runs/pretrain-{cfg.loss}")
-    cfg.out = str(out)
-    last = out / "last.pt"
-    if last.exists() and not cfg.resume:
-        raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it or choose another --out")
-    if cfg.resume and not last.exists():
-        raise CheckpointError(f"--resume: {last} does not exist")
+        cfg = replace(cfg, data=str(default_flow_data(progress=progress)))
+    cfg = replace(cfg, out=cfg.out or f"runs/pretrain-{cfg.loss}")
+    folder = RunFolder(cfg.out, "pretrain", asdict(cfg), cfg.resume, RESUME_MUST_MATCH)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     dataset = FlowFrames(cfg.data, cfg.crop)
@@ -145,12 +145,7 @@ def run(cfg: PretrainConfig, progress: bool = True, stop_after: int | None = Non
     start_step = 0
     ckpt = None
     if cfg.resume:
-        ckpt = load_checkpoint(last)
-        saved = ckpt["config"]
-        clash = {k: (saved.get(k), getattr(cfg, k)) for k in MODEL_FIELDS if saved.get(k) != getattr(cfg, k)}
-        if ckpt["arch"] != cfg.arch or clash:
-            raise CheckpointError(f"{last}: cannot resume, the checkpoint was trained with different settings "
-                                  f"(saved vs asked: {clash or {'arch': (ckpt['arch'], cfg.arch)}})")
+        ckpt = load_checkpoint(folder.last)
         trunk.load_state_dict(ckpt["trunk"])
         head.load_state_dict(ckpt["head"])
         sigma.load_state_dict(ckpt["extra"]["sigma"])
@@ -174,78 +169,101 @@ def run(cfg: PretrainConfig, progress: bool = True, stop_after: int | None = Non
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])  # last: building the model above consumed the global RNG
-    out.mkdir(parents=True, exist_ok=True)
 
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start_step, cfg.iters)
-    workers = cfg.workers if cfg.workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=loader_workers(cfg.workers, device),
+                        pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
     use_amp = cfg.amp and device.type == "cuda"
-    extra = {"normalization": {"mean": list(MEAN), "std": list(STD)}, "sources": list(SOURCES)}
+    extra = {"normalization": {"mean": list(MEAN), "std": list(STD)}, "sources": list(SOURCES),
+             "paper_deviations": paper_deviations(cfg), "sigma_rule": "learned" if cfg.learn_sigma else "fixed"}
     if cfg.loss == "direct-cls":
         extra["codebook"] = codebook.cpu()
 
-    def save(step: int, path: Path, with_optimizer: bool = True) -> None:
+    def save(step: int, path: Path, resumable: bool = True) -> None:
         save_checkpoint(path, arch=cfg.arch, trunk=trunk.state_dict(), head=head.state_dict(), loss=cfg.loss,
-                        step=step, config=asdict(cfg), optimizer=optimizer.state_dict() if with_optimizer else None,
-                        extra={**extra, "sigma": sigma.state_dict()})
+                        step=step, config=asdict(cfg), optimizer=optimizer.state_dict() if resumable else None,
+                        extra={**extra, "sigma": sigma.state_dict()}, with_rng=resumable)
 
-    log = open(out / "log.jsonl", "a")
-    bar = tqdm(total=cfg.iters, initial=start_step, desc=f"pretrain {cfg.loss}", unit="step", disable=not progress)
+    log = JsonlLog(folder.log_path, resume_at=start_step if cfg.resume else None)
+    bar = progress_bar(total=cfg.iters, initial=start_step, desc=f"pretrain {cfg.loss}", unit="step",
+                       disable=not progress)
     first_loss = last_loss = None
+    recent_cosines: list[float] = []
+    warned_collapse = False
     start = time.perf_counter()
     step = start_step
     try:
-        for image, flow, valid in loader:
-            t0 = time.perf_counter()
-            lr = lr_at(cfg, step)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            image, flow, valid = image.to(device, non_blocking=True), flow.to(device), valid.to(device)
-            # pixel positions: a pure function of (seed, step), on the CPU, for exact resumes
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            positions = sample_pixel_positions(valid.cpu(), cfg.pixels, gen).to(device)
-            target = gather_flow(flow, positions)
-            if cfg.squash:
-                target = squash_flow(target)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                activations = trunk.activations(image, SOURCES)
-                output = head(activations, positions)
-            if cfg.loss == "direct-cls":
-                loss = direct_cls_loss(output, target, codebook)
-            else:
-                loss = cpfs_loss(output, target, sigma(), cfg.loss)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"loss became {value} at step {step}; stopped. The last good checkpoint is "
-                    f"{last if last.exists() else '(none written yet)'}; try a lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            dt = time.perf_counter() - t0
-            sigma_value = sigma.log_sigma.detach().exp().item()
-            first_loss = value if first_loss is None else first_loss
-            last_loss = value
-            if step % cfg.log_every == 0 or step == cfg.iters:
+        with StopRequests(folder, cfg.save_minutes) as stop:
+            for image, flow, valid in loader:
+                t0 = time.perf_counter()
+                lr = scheduled_lr(cfg.schedule, cfg.lr, step, cfg.iters)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                image = image.to(device, non_blocking=True)
+                flow, valid = flow.to(device, non_blocking=True), valid.to(device, non_blocking=True)
+                # pixel positions: a pure function of (seed, step), drawn on the device, for exact resumes
+                gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+                positions = sample_pixel_positions(valid, cfg.pixels, gen)
+                target = gather_flow(flow, positions)
+                if cfg.squash:
+                    target = squash_flow(target)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    activations = trunk.activations(image, SOURCES)
+                    output = head(activations, positions)
+                if cfg.loss == "direct-cls":
+                    loss = direct_cls_loss(output, target, codebook)
+                else:
+                    loss = cpfs_loss(output, target, sigma(), cfg.loss)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"loss became {value} at step {step}; stopped. The last good checkpoint is "
+                        f"{folder.last if folder.last.exists() else '(none written yet)'}; try a lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                dt = time.perf_counter() - t0
+                sigma_value = sigma.log_sigma.detach().exp().item()
+                first_loss = value if first_loss is None else first_loss
+                last_loss = value
                 record = {"step": step, "loss": value, "sigma": sigma_value, "lr": lr,
                           "images_per_s": cfg.batch_size / dt, "time": time.time()}
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            bar.set_postfix(loss=f"{value:.4f}", sigma=f"{sigma_value:.4f}", img_s=f"{cfg.batch_size / dt:.1f}")
-            bar.update(1)
-            if cfg.snapshot_every and step % cfg.snapshot_every == 0:
-                save(step, out / f"step_{step:06d}.pt", with_optimizer=False)
-            if step % cfg.ckpt_every == 0 or step == cfg.iters or step == stop_after:
-                save(step, last)
-            if step == stop_after:
-                break
+                postfix = {"loss": f"{value:.4f}"}
+                if cfg.loss != "direct-cls":
+                    record["mean_cos"] = mean_pairwise_cosine(output)
+                    postfix["cos"] = f"{record['mean_cos']:.2f}"
+                    recent_cosines = (recent_cosines + [record["mean_cos"]])[-50:]
+                    if cfg.loss in ("ce", "ce-rev"):  # CE sits near log N; the KL to the target is what moves
+                        record["kl"] = value - target_entropy(output, target, sigma(), cfg.loss).item()
+                        postfix["kl"] = f"{record['kl']:.2e}"
+                    if (not warned_collapse and step >= COLLAPSE_AFTER and len(recent_cosines) == 50
+                            and min(recent_cosines) > COLLAPSE_COSINE):
+                        warned_collapse = True
+                        bar.write(f"warning: the embeddings are collapsing (mean pairwise cosine > {COLLAPSE_COSINE} "
+                                  f"for the last 50 steps, now {record['mean_cos']:.3f}; sigma {sigma_value:.4f}); "
+                                  f"see README 'Choice of sigma'")
+                if step % cfg.log_every == 0 or step == cfg.iters:
+                    log.write(record)
+                postfix.update(sigma=f"{sigma_value:.4f}", img_s=f"{cfg.batch_size / dt:.1f}")
+                bar.set_postfix(postfix)
+                bar.update(1)
+                if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                    save(step, folder.out / f"step_{step:06d}.pt", resumable=False)
+                if stop.save_due(step % cfg.ckpt_every == 0 or step == cfg.iters or step == stop_after):
+                    save(step, folder.last)
+                stop.raise_if_requested(f"step {step}")
+                if step == stop_after:
+                    break
     finally:
         bar.close()
         log.close()
+    if step == cfg.iters and step > start_step:
+        save(step, folder.final, resumable=False)
     if step > start_step:
-        plot_training_log(out / "log.jsonl", out / "loss.png", f"CPFS {cfg.loss} ({cfg.arch})")
-    return {"out": str(out), "checkpoint": str(last), "start_step": start_step, "steps": step,
-            "first_loss": first_loss, "last_loss": last_loss, "seconds": time.perf_counter() - start,
-            "data": cfg.data, "device": str(device)}
+        plot_training_log(folder.log_path, folder.out / "loss.png", f"CPFS {cfg.loss} ({cfg.arch})")
+    return {"out": str(folder.out), "checkpoint": str(folder.final if folder.final.exists() else folder.last),
+            "start_step": start_step, "steps": step, "first_loss": first_loss, "last_loss": last_loss,
+            "seconds": time.perf_counter() - start, "data": cfg.data, "device": str(device),
+            "collapsed": warned_collapse}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import hashlib
 import json
 import math
 import numbers
@@ -20,13 +19,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from bench.paths import bench_home
+from cpfs_bench.bench.files import sha256_file
+from cpfs_bench.bench.paths import bench_home
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2 added run and dataset_info; version-1 records are still read
 
 #: Field order of a record (as written by `make_record`).
-FIELDS = ("record_version", "task", "metric", "value", "unit", "layer", "method", "protocol", "deviations",
-          "checkpoint", "checkpoint_sha256", "dataset", "split", "git_commit", "time", "host", "extra")
+FIELDS = ("record_version", "task", "metric", "value", "unit", "layer", "method", "run", "protocol", "deviations",
+          "checkpoint", "checkpoint_sha256", "checkpoint_step", "dataset", "dataset_info", "split", "git_commit",
+          "time", "host", "extra")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -37,15 +38,6 @@ def default_store() -> Path:
     CPFS_BENCH_HOME defaults to `$XDG_CACHE_HOME/cpfs-bench`, else `~/.cache/cpfs-bench`.
     """
     return bench_home() / "results" / "records.jsonl"
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (checkpoints can be large)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _git_commit_of(package_dir: Path) -> str | None:
@@ -110,10 +102,15 @@ def _json_dict(name: str, value: Any) -> dict:
 def make_record(task: str, metric: str, value: float, *, method: str, protocol: str, layer: str | None = None,
                 deviations: Mapping[str, Any] | None = None, checkpoint: str | os.PathLike | None = None,
                 dataset: str | os.PathLike | None = None, split: str | None = None,
-                extra: Mapping[str, Any] | None = None, checkpoint_sha256: str | None = None) -> dict:
+                extra: Mapping[str, Any] | None = None, checkpoint_sha256: str | None = None,
+                run: str | None = None, checkpoint_step: int | None = None,
+                dataset_info: Mapping[str, Any] | None = None) -> dict:
     """One result record (a plain dict, field order as in `FIELDS`); see the `results` package docstring.
 
-    `value` is in percent (0..100). `deviations` lists every setting that differs from `protocol`
+    `run` names the evaluated run (a table row: several checkpoints of one method each get their own;
+    default: the method), `checkpoint_step` its training step, `dataset_info` what the dataset is
+    ({"name", "classes", "split", "images", "embedded"}: numbers from different datasets never share a
+    table block). `value` is in percent (0..100). `deviations` lists every setting that differs from `protocol`
     ({} when none). The checkpoint file is hashed (streamed) unless its `checkpoint_sha256` is given
     (evaluations hash it once when loading it, not once per record); a missing checkpoint file raises
     FileNotFoundError. Bad inputs raise ValueError naming the problem.
@@ -121,6 +118,8 @@ def make_record(task: str, metric: str, value: float, *, method: str, protocol: 
     task = _nonempty_str("task", task)
     metric = _nonempty_str("metric", metric)
     method = _nonempty_str("method", method)
+    run = _nonempty_str("run", run) if run is not None else method
+    dataset_info = _json_dict("dataset_info", dataset_info)
     protocol = _nonempty_str("protocol", protocol)
     layer = _optional_str("layer", layer)
     split = _optional_str("split", split)
@@ -134,7 +133,7 @@ def make_record(task: str, metric: str, value: float, *, method: str, protocol: 
     deviations = _json_dict("deviations", deviations)
     extra = _json_dict("extra", extra)
 
-    ckpt_path = ckpt_sha = None
+    ckpt_path, ckpt_sha = None, checkpoint_sha256
     if checkpoint is not None:
         p = Path(os.fspath(checkpoint)).expanduser()
         if not p.is_file():
@@ -155,11 +154,14 @@ def make_record(task: str, metric: str, value: float, *, method: str, protocol: 
         "unit": "percent",
         "layer": layer,
         "method": method,
+        "run": run,
         "protocol": protocol,
         "deviations": deviations,
         "checkpoint": ckpt_path,
         "checkpoint_sha256": ckpt_sha,
+        "checkpoint_step": checkpoint_step,
         "dataset": data_path,
+        "dataset_info": dataset_info,
         "split": split,
         "git_commit": source_git_commit(),
         "time": datetime.now(timezone.utc).isoformat(timespec="microseconds"),

@@ -44,32 +44,55 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 FORMATS = ("table", "md", "latex", "csv")
-TEXT_COLUMNS = ("source", "block", "method", "supervision", "ref")
-HEADERS = {"source": "Source", "block": "Block", "method": "Method", "supervision": "Supervision", "ref": "Ref"}
+TEXT_COLUMNS = ("source", "block", "method", "run", "supervision", "ref")
+HEADERS = {"source": "Source", "block": "Block", "method": "Method", "run": "Run", "supervision": "Supervision",
+           "ref": "Ref"}
 OURS_BLOCK = "cpfs-bench"
 
+TABLES = (1, 2, "svm")
 TITLES = {
     1: "Table 1: PASCAL VOC (Cls. %mAP VOC07, Det. %mAP VOC07, Seg. %mIoU VOC12)",
     2: "Table 2: ImageNet linear probes, top-1 % per layer",
+    "svm": "VOC07 linear SVMs per layer (Goyal et al. 2019), test %mAP (not in the paper)",
 }
 #: table -> {column: (task, metric, layer)}
-COLUMNS: dict[int, dict[str, tuple[str, str, str | None]]] = {
+COLUMNS: dict = {
     1: {"Cls.": ("voc07_cls", "mAP", None), "Det.": ("voc07_det", "mAP", None), "Seg.": ("voc12_seg", "mIoU", None)},
     2: {f"conv{i}": ("imagenet_linear", "top1", f"conv{i}") for i in range(1, 6)},
+    "svm": {f"conv{i}": ("voc07_svm", "mAP", f"conv{i}") for i in range(1, 6)},
 }
+#: the evaluation sets of the paper's numbers: (split, classes, images). A cell of ours sits in the
+#: paper's block only when its dataset_info matches; anything else (the embedded world, a subset)
+#: gets a block of its own, titled with its dataset.
+PAPER_DATASETS = {"imagenet_linear": ("val", 1000, 50_000), "voc07_cls": ("test", 20, 4952),
+                  "voc07_det": ("test", 20, 4952), "voc07_svm": ("test", 20, 4952), "voc12_seg": ("val", 21, 736)}
 
 
 def load_paper_tables() -> pd.DataFrame:
     """The paper's published numbers (results/paper_tables.csv), long format, one row per cell:
     table (int), block, method, supervision, ref, column, value (percent)."""
-    with resources.files("results").joinpath("paper_tables.csv").open("r", encoding="utf-8") as f:
+    with resources.files("cpfs_bench.results").joinpath("paper_tables.csv").open("r", encoding="utf-8") as f:
         df = pd.read_csv(f, keep_default_na=False, na_values=[], dtype={"table": int, "value": float})
     return df
 
 
-def _check_table(table: int) -> None:
+def _check_table(table) -> None:
     if table not in COLUMNS:
-        raise ValueError(f"table must be 1 or 2, got {table!r}")
+        raise ValueError(f"table must be one of {TABLES}, got {table!r}")
+
+
+def dataset_block(rec: Mapping) -> str:
+    """The block of our rows a record belongs in: OURS_BLOCK when it was measured on the paper's
+    evaluation set, else a title naming its dataset."""
+    info = rec.get("dataset_info") or {}
+    if not info:
+        return f"{OURS_BLOCK}: dataset not recorded ({rec.get('dataset') or 'unknown'}); not comparable with the published rows"
+    if (info.get("split"), info.get("classes"), info.get("images")) == PAPER_DATASETS.get(rec["task"]) \
+            and not info.get("embedded"):
+        return OURS_BLOCK
+    kind = "synthetic embedded world, " if info.get("embedded") else ""
+    return (f"{OURS_BLOCK} on {info.get('name')} ({kind}{info.get('classes')} classes, {info.get('split')}, "
+            f"{info.get('images')} images): not comparable with the published rows")
 
 
 def _record_time(rec: Mapping, i: int) -> datetime:
@@ -82,14 +105,16 @@ def _record_time(rec: Mapping, i: int) -> datetime:
 
 
 def latest_records(records: Iterable[Mapping]) -> dict[tuple, Mapping]:
-    """{(method, task, metric, layer): the latest record by time} (ties: the later one in the input),
-    keys in order of first appearance."""
+    """{(block, run, method, task, metric, layer): the latest record by time} (ties: the later one in
+    the input), keys in order of first appearance. A run's cells on different datasets never replace
+    each other; nor do two runs of one method."""
     best: dict[tuple, tuple[datetime, int, Mapping]] = {}
     for i, rec in enumerate(records):
         for field in ("task", "metric", "value", "method", "protocol"):
             if field not in rec:
                 raise ValueError(f"record {i}: missing field {field!r}")
-        key = (rec["method"], rec["task"], rec["metric"], rec.get("layer"))
+        key = (dataset_block(rec), rec.get("run") or rec["method"], rec["method"], rec["task"], rec["metric"],
+               rec.get("layer"))
         stamp = (_record_time(rec, i), i)
         if key not in best or stamp >= best[key][:2]:
             best[key] = (*stamp, rec)
@@ -101,7 +126,8 @@ def build_table(records: Iterable[Mapping], table: int) -> pd.DataFrame:
     columns (float percent, NaN when missing); the paper's rows first, then ours.
 
     Alongside the numbers, `df.attrs` holds: "table", "title", "value_columns", and "protocols":
-    {our method: {column: {"protocol": name, "deviations": {...}}}} for every one of our cells.
+    {our run: {column: {"protocol": name, "deviations": {...}}}} for every one of our cells, and
+    "checkpoints": {our run: {(sha256, step): path}}. Our rows: one per (dataset block, run, method).
     """
     _check_table(table)
     columns = COLUMNS[table]
@@ -121,25 +147,29 @@ def build_table(records: Iterable[Mapping], table: int) -> pd.DataFrame:
         rows.append(row)
 
     wanted = {key: col for col, key in columns.items()}
-    ours: dict[str, dict[str, Any]] = {}
+    ours: dict[tuple, dict[str, Any]] = {}
     protocols: dict[str, dict[str, dict]] = {}
-    for (method, task, metric, layer), rec in latest_records(records).items():
+    checkpoints: dict[str, dict] = {}
+    for (block, run, method, task, metric, layer), rec in latest_records(records).items():
         col = wanted.get((task, metric, layer))
         if col is None:
             continue
-        row = ours.setdefault(method, {"source": "ours", "block": OURS_BLOCK, "method": method,
-                                       "supervision": None, "ref": None, **{c: math.nan for c in columns}})
+        row = ours.setdefault((block, run, method), {"source": "ours", "block": block, "method": method, "run": run,
+                                                     "supervision": None, "ref": None, **{c: math.nan for c in columns}})
         row[col] = float(rec["value"])
         supervision = (rec.get("extra") or {}).get("supervision")
         if isinstance(supervision, str) and supervision:
             row["supervision"] = supervision
-        protocols.setdefault(method, {})[col] = {"protocol": rec["protocol"],
-                                                 "deviations": dict(rec.get("deviations") or {})}
-    rows.extend(ours.values())
+        protocols.setdefault(run, {})[col] = {"protocol": rec["protocol"], "deviations": dict(rec.get("deviations") or {})}
+        sha = rec.get("checkpoint_sha256")
+        checkpoints.setdefault(run, {})[(sha, rec.get("checkpoint_step"))] = rec.get("checkpoint")
+    # the paper's datasets first, then one block per other dataset, in order of first appearance
+    rows.extend(sorted(ours.values(), key=lambda r: r["block"] != OURS_BLOCK))
 
     df = pd.DataFrame(rows, columns=[*TEXT_COLUMNS, *columns])
     df[list(columns)] = df[list(columns)].astype(float)
-    df.attrs.update(table=table, title=TITLES[table], value_columns=list(columns), protocols=protocols)
+    df.attrs.update(table=table, title=TITLES[table], value_columns=list(columns), protocols=protocols,
+                    checkpoints=checkpoints)
     return df
 
 
@@ -168,21 +198,21 @@ def describe_protocol(protocol: str, deviations: Mapping[str, Any] | None) -> st
 
 
 def protocol_legend(df: pd.DataFrame) -> tuple[dict[tuple[str, str], str], list[tuple[str, str]]]:
-    """({(our method, column): letter}, [(letter, protocol description)]) for a `build_table` frame."""
+    """({(our run, column): letter}, [(letter, protocol description)]) for a `build_table` frame."""
     protocols = df.attrs.get("protocols", {})
     marks: dict[tuple[str, str], str] = {}
     letter_of: dict[tuple[str, str], str] = {}
     legend: list[tuple[str, str]] = []
-    for method in df.loc[df["source"] == "ours", "method"]:
+    for run in df.loc[df["source"] == "ours", "run"]:
         for col in df.attrs["value_columns"]:
-            cell = protocols.get(method, {}).get(col)
+            cell = protocols.get(run, {}).get(col)
             if cell is None:
                 continue
             key = (cell["protocol"], json.dumps(cell["deviations"], sort_keys=True))
             if key not in letter_of:
                 letter_of[key] = _letters(len(letter_of))
                 legend.append((letter_of[key], describe_protocol(cell["protocol"], cell["deviations"])))
-            marks[(method, col)] = letter_of[key]
+            marks[(run, col)] = letter_of[key]
     return marks, legend
 
 
@@ -199,34 +229,44 @@ def _number(v: float) -> str | None:
     return None if v is None or math.isnan(v) else f"{v:.1f}"
 
 
-def _display_rows(df: pd.DataFrame):
-    """Yield (source, [text cells], [(number or None, letter or None)]) with repeated block names blanked."""
+def _display_rows(df: pd.DataFrame, short_blocks: bool = False):
+    """Yield (source, [text cells], [(number or None, letter or None)]) with repeated block names blanked.
+    Before the first row of each block of ours on another dataset than the paper's, yield
+    ("title", block title, None); with short_blocks its rows show "other dataset" as their block."""
     marks, _ = protocol_legend(df)
     cols = df.attrs["value_columns"]
     prev = None
     for rec in df.to_dict("records"):
         block_key = (rec["source"], rec["block"])
+        other = rec["source"] == "ours" and rec["block"] != OURS_BLOCK
+        if other and block_key != prev:
+            yield "title", rec["block"], None
         texts = [_text(rec[c]) for c in TEXT_COLUMNS]
+        if other and short_blocks:
+            texts[1] = "other dataset"
         if block_key == prev:
             texts[1] = ""
         prev = block_key
-        values = [(_number(rec[c]), marks.get((rec["method"], c)) if rec["source"] == "ours" else None)
+        values = [(_number(rec[c]), marks.get((rec["run"], c)) if rec["source"] == "ours" else None)
                   for c in cols]
         yield rec["source"], texts, values
 
 
 def _render_text(df: pd.DataFrame) -> str:
     cols = df.attrs["value_columns"]
-    rows = list(_display_rows(df))
-    numw = [max([len(v[i][0]) for _, _, v in rows if v[i][0]] + [1]) for i in range(len(cols))]
+    rows = list(_display_rows(df, short_blocks=True))
+    numw = [max([len(v[i][0]) for s, _, v in rows if s != "title" and v[i][0]] + [1]) for i in range(len(cols))]
     header = [HEADERS[c] for c in TEXT_COLUMNS] + list(cols)
     body = []
     for source, texts, values in rows:
+        if source == "title":
+            body.append((source, texts))
+            continue
         cells = list(texts)
         for i, (num, mark) in enumerate(values):
             cells.append((num or "-").rjust(numw[i]) + (f" [{mark}]" if mark else ""))
         body.append((source, cells))
-    widths = [max(len(r[i]) for r in [header] + [c for _, c in body]) for i in range(len(header))]
+    widths = [max(len(r[i]) for r in [header] + [c for s, c in body if s != "title"]) for i in range(len(header))]
 
     def line(cells):
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
@@ -235,7 +275,7 @@ def _render_text(df: pd.DataFrame) -> str:
     out = [df.attrs["title"], line(header), "-" * total]
     out += [line(c) for s, c in body if s == "paper"]
     out.append("=" * total)
-    ours = [line(c) for s, c in body if s == "ours"]
+    ours = [f"--- {c} ---" if s == "title" else line(c) for s, c in body if s != "paper"]
     out += ours or ["(no results of ours for this table)"]
     out += _legend_lines(df, "  ")
     return "\n".join(out) + "\n"
@@ -245,7 +285,16 @@ def _legend_lines(df: pd.DataFrame, bullet: str) -> list[str]:
     _, legend = protocol_legend(df)
     if not legend:
         return []
-    return ["", "Protocols of our cells (the [letter] after a number):"] + [f"{bullet}[{k}] {d}" for k, d in legend]
+    lines = ["", "Protocols of our cells (the [letter] after a number):"] + [f"{bullet}[{k}] {d}" for k, d in legend]
+    runs = {run: {k: v for k, v in ckpts.items() if k[0] or v} for run, ckpts in df.attrs.get("checkpoints", {}).items()}
+    runs = {run: ckpts for run, ckpts in runs.items() if ckpts}
+    if runs:
+        lines += ["", "Runs (the checkpoint each row evaluated):"]
+        for run, ckpts in runs.items():
+            for (sha, step), path in ckpts.items():
+                lines.append(f"{bullet}{run}: {(sha or 'no sha256')[:8]}"
+                             + (f", step {step}" if step is not None else "") + (f", {path}" if path else ""))
+    return lines
 
 
 def _md_escape(s: str) -> str:
@@ -260,6 +309,8 @@ def _render_md(df: pd.DataFrame) -> str:
            "|" + "|".join(["---"] * len(TEXT_COLUMNS) + ["---:"] * len(cols)) + "|"]
     any_ours = False
     for source, texts, values in _display_rows(df):
+        if source == "title":  # the block column of the block's first row names it
+            continue
         any_ours |= source == "ours"
         cells = [_md_escape(t) for t in texts]
         cells += [(num or "-") + (f" [{mark}]" if mark else "") for num, mark in values]
@@ -292,7 +343,11 @@ def _render_latex(df: pd.DataFrame) -> str:
            " & ".join(latex_escape(h) for h in header) + " \\\\",
            "\\midrule"]
     first = True
-    for source, texts, values in _display_rows(df):
+    for source, texts, values in _display_rows(df, short_blocks=True):
+        if source == "title":
+            out += ["\\midrule", f"\\multicolumn{{{ncols}}}{{l}}{{\\emph{{{latex_escape(texts)}}}}} \\\\"]
+            first = True  # the rule is drawn
+            continue
         if texts[1] and not first:  # a new block starts
             out.append("\\midrule")
         first = False
@@ -317,8 +372,8 @@ def _render_csv(df: pd.DataFrame) -> str:
                         ("deviations", lambda cell: json.dumps(cell["deviations"], sort_keys=True))):
         for c in cols:
             out[f"{c} {suffix}"] = [
-                get(protocols[m][c]) if s == "ours" and c in protocols.get(m, {}) else ""
-                for s, m in zip(df["source"], df["method"])]
+                get(protocols[r][c]) if s == "ours" and c in protocols.get(r, {}) else ""
+                for s, r in zip(df["source"], df["run"])]
     return out.to_csv(index=False, lineterminator="\n")
 
 
@@ -332,8 +387,8 @@ def format_table(df: pd.DataFrame, fmt: str) -> str:
     return _RENDERERS[fmt](df)
 
 
-def render(records: Iterable[Mapping], table: int, fmt: str) -> str:
-    """Table 1 or 2 (paper rows, then ours) as text in `fmt`: "table", "md", "latex" or "csv"."""
+def render(records: Iterable[Mapping], table, fmt: str) -> str:
+    """Table 1, 2 or "svm" (paper rows, then ours) as text in `fmt`: "table", "md", "latex" or "csv"."""
     if fmt not in _RENDERERS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     return format_table(build_table(records, table), fmt)

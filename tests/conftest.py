@@ -1,7 +1,7 @@
 import pytest
 
-from bench.world.videos import VideoWorldConfig, write_video_world
-from pretrain.extract import FlowConfig, extract_flow
+from cpfs_bench.bench.world.videos import VideoWorldConfig, write_video_world
+from cpfs_bench.pretrain.extract import FlowConfig, extract_flow
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,17 @@ import torch
 
 def bench(*args, cwd=None, home=None):
     env = dict(os.environ, CPFS_BENCH_HOME=str(home or "/nonexistent-home-do-not-use"))
-    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cpfs_bench.bench.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env)
 
 
 def test_usage_errors_exit_2():
     r = bench("pretrain", "--loss", "mse")
     assert r.returncode == 2 and "Invalid value for '--loss'" in r.stderr
+    r = bench("pretrain", "--iters", "0")
+    assert r.returncode == 2 and "Invalid value for '--iters'" in r.stderr
+    r = bench("eval", "voc07-svm", "--ckpt", __file__, "--costs", "abc")
+    assert r.returncode == 2 and "Invalid value for '--costs'" in r.stderr
     r = bench("pretrain", "--no-such-option")
     assert r.returncode == 2 and "No such option" in r.stderr
 
@@ -65,7 +69,7 @@ def test_flow_fails_when_nothing_processed(tmp_path):
 
 
 def test_results_command_on_hand_made_records(tmp_path):
-    from results.store import append_records, make_record
+    from cpfs_bench.results.store import append_records, make_record
 
     store = tmp_path / "records.jsonl"
     append_records(store, [
@@ -79,7 +83,12 @@ def test_results_command_on_hand_made_records(tmp_path):
     row = next(line for line in r.stdout.splitlines() if line.startswith("| ours"))
     assert "CPFS-KTA" in row and "42.3 [a]" in row and "40.0" not in row
     assert "krahenbuhl16-voc07-cls (deviations: iters=500)" in r.stdout
-    assert "| paper |  | CPFS-KTA | Optical-flow | Self | 65.3 | 50.5 | 41.5 |" in r.stdout
+    assert "| paper |  | CPFS-KTA | - | Optical-flow | Self | 65.3 | 50.5 | 41.5 |" in r.stdout
+    assert "dataset not recorded" in r.stdout  # hand-made records say nothing of their dataset
+    r = bench("results", "--store", store, "--method", "nope")
+    assert r.returncode == 1 and "no records of method 'nope'" in r.stderr and "CPFS-KTA, random" in r.stderr
+    r = bench("results", "--store", store, "--run", "random", "--table", "2")
+    assert r.returncode == 0 and "12.5" in r.stdout and "CPFS-KTA  " not in r.stdout.split("=====")[-1]
     r = bench("results", "--store", store, "--table", "2", "--format", "csv", "--plot", tmp_path / "probes.png")
     assert r.returncode == 0, r.stderr
     ours = [line for line in r.stdout.splitlines() if line.startswith("2,ours")]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
-from bench.world.voc import VOCWorldConfig, write_voc_world
-from evaluate.datasets import (VOC_CLASSES, DatasetFormatError, imagenet_samples, parse_voc_xml, read_id_list,
+from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
+from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
+from cpfs_bench.evaluate.datasets import (VOC_CLASSES, DatasetFormatError, imagenet_samples, parse_voc_xml, read_id_list,
                                read_sbd_segmentation, read_segmentation_mask, sbd_dir, sbd_ids,
                                voc_classification_labels, voc_detection_annotations, voc_image_path,
                                voc_segmentation_ids, voc_year_dir)
@@ -214,7 +214,7 @@ def test_world_is_deterministic(tmp_path):
 
 
 def test_training_wrappers_follow_the_readers(voc):
-    from evaluate.datasets import VOCClassification, VOCDetection, VOCSegmentation
+    from cpfs_bench.evaluate.datasets import VOCClassification, VOCDetection, VOCSegmentation
 
     root, truth = voc
     cls = VOCClassification(root, "2007", "test")

@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pretrain.extract import FlowConfig, extract_flow
-from pretrain.flow import endpoint_error, read_flow_png
+from cpfs_bench.pretrain.extract import FlowConfig, extract_flow
+from cpfs_bench.bench.flowio import read_flow_png
+from cpfs_bench.pretrain.flow import endpoint_error
 
 
 def test_dis_flow_close_to_ground_truth(tiny_world, tiny_flow):
@@ -56,7 +57,7 @@ def test_broken_video_listed_and_skipped(tiny_world, tmp_path):
 
 
 def test_frame_folder_with_stride_and_resize(tiny_world, tmp_path):
-    from pretrain.extract import VideoSource, read_frames
+    from cpfs_bench.pretrain.extract import VideoSource, read_frames
 
     frames = tmp_path / "seq"
     frames.mkdir()

@@ -3,7 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pretrain.flow import endpoint_error, read_flow_png, write_flow_png
+from cpfs_bench.bench.flowio import read_flow_png, write_flow_png
+from cpfs_bench.pretrain.flow import endpoint_error
 
 
 def test_round_trip_exact_on_the_1_64_grid(tmp_path):

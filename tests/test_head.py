@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.alexnet import build_trunk
-from pretrain.head import SOURCES, HypercolumnHead, sample_features, sample_pixel_positions
+from cpfs_bench.pretrain.alexnet import build_trunk
+from cpfs_bench.pretrain.head import SOURCES, HypercolumnHead, sample_features, sample_pixel_positions
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,19 @@ def test_sampling_positions_keep_full_precision_for_low_precision_features():
     low = sample_features(feature, positions, 4.0, 5.0)
     exact = sample_features(feature.float(), positions, 4.0, 5.0)
     torch.testing.assert_close(low, exact, rtol=0, atol=0)
+
+
+def test_positions_uniform_over_valid_pixels_and_fallbacks():
+    valid = torch.zeros(3, 8, 10, dtype=torch.bool)
+    valid[0, 2:6, 3:8] = True  # 20 valid pixels, 5 drawn: every one equally likely
+    valid[1, 0, :3] = True  # 3 valid pixels, 5 drawn: with replacement among them
+    counts = torch.zeros(8, 10)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2000):
+        pos = sample_pixel_positions(valid, 5, g)
+        counts.index_put_((pos[0, :, 1], pos[0, :, 0]), torch.ones(5), accumulate=True)
+        assert valid[1, pos[1, :, 1], pos[1, :, 0]].all()
+    hits = counts[valid[0]]
+    assert (counts[~valid[0]] == 0).all() and hits.sum() == 10_000
+    assert (hits - 500).abs().max() < 5 * 500**0.5  # multinomial spread, sd ~ sqrt(500)
+    assert pos[2].min() >= 0 and pos[2, :, 0].max() < 10 and pos[2, :, 1].max() < 8  # none valid: all pixels

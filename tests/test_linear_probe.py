@@ -4,16 +4,18 @@ import hashlib
 import json
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from bench.checkpoint import CheckpointError, save_checkpoint
-from bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
-from evaluate.backbone import assert_trunk_unchanged, load_trunk, trunk_fingerprint
-from evaluate.features import pooled_dims, pooled_features
-from evaluate.linear_probe import LayerProbes, ProbeConfig, run
-from pretrain.alexnet import build_trunk
-from results.store import read_records
+from cpfs_bench.bench.checkpoint import CheckpointError, save_checkpoint
+from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
+from cpfs_bench.evaluate.backbone import assert_trunk_unchanged, load_trunk, trunk_fingerprint
+from cpfs_bench.evaluate.features import pooled_dims, pooled_features
+from cpfs_bench.evaluate.linear_probe import LayerProbes, ProbeConfig, run
+from cpfs_bench.pretrain.alexnet import build_trunk
+from cpfs_bench.results.store import read_records
 
 EXPECTED_DIMS = {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv5": 9216}
 # torchvision's 64-192-384-256-256 AlexNet: 64x12x12, 192x7x7, 384x5x5, 256x6x6, 256x6x6
@@ -31,8 +33,8 @@ def test_pooled_feature_sizes(pooling, arch):
 
 @pytest.mark.parametrize("arch", ["caffenet_bn", "alexnet"])
 def test_frozen_channels_last_trunk_gives_the_same_features(arch):
-    from evaluate.backbone import freeze
-    from evaluate.features import pool_layer
+    from cpfs_bench.evaluate.backbone import freeze
+    from cpfs_bench.evaluate.features import pool_layer
 
     torch.manual_seed(0)
     plain = build_trunk(arch).eval()
@@ -94,9 +96,9 @@ def train_supervised_trunk(root, steps: int, seed: int = 0):
     from torch.utils.data import DataLoader
     from torchvision import transforms
 
-    from evaluate.datasets import imagenet_samples
-    from evaluate.linear_probe import ImageFolderDataset
-    from pretrain.data import MEAN, STD
+    from cpfs_bench.evaluate.datasets import imagenet_samples
+    from cpfs_bench.evaluate.linear_probe import ImageFolderDataset
+    from cpfs_bench.bench.checkpoint import MEAN, STD
 
     torch.manual_seed(seed)
     samples, classes = imagenet_samples(root, "train")
@@ -156,10 +158,17 @@ def random_ckpt(tmp_path_factory):
     return path
 
 
-def test_run_end_to_end_records_and_resume(tiny_imagenet, random_ckpt, tmp_path):
+def test_run_end_to_end_records_and_resume(tiny_imagenet, random_ckpt, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import cpfs_bench.evaluate.linear_probe as lp
+    from cpfs_bench.bench.checkpoint import CheckpointError
+    from cpfs_bench.bench.runs import RunInterrupted
+
     cfg = dict(ckpt=str(random_ckpt), data=str(tiny_imagenet), epochs=1, batch_size=4, out=str(tmp_path / "run"),
                store=str(tmp_path / "records.jsonl"))
-    summary = run(ProbeConfig(**cfg), progress=False)
+    summary = run(ProbeConfig(**cfg), progress=False, explicit={"epochs", "batch_size"})
     records = read_records(tmp_path / "records.jsonl")
     assert len(records) == 10 and {r["layer"] for r in records} == set(EXPECTED_DIMS)
     for r in records:
@@ -167,20 +176,53 @@ def test_run_end_to_end_records_and_resume(tiny_imagenet, random_ckpt, tmp_path)
         assert r["extra"]["input_dim"] == EXPECTED_DIMS[r["layer"]] and 0 <= r["value"] <= 100
         assert r["deviations"] == {"epochs": 1, "batch_size": 4}
         assert r["checkpoint_sha256"] == hashlib.sha256(random_ckpt.read_bytes()).hexdigest()
+        assert r["run"] == random_ckpt.stem and r["dataset_info"]["classes"] == 3
     assert all(s["top5"] == 100.0 for s in summary["scores"].values())  # 3 classes: top-5 holds all
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["epochs"] == 1
     with pytest.raises(FileExistsError, match="--resume"):
         run(ProbeConfig(**cfg), progress=False)
-    resumed = run(ProbeConfig(**{**cfg, "epochs": 2}, resume=True), progress=False)
+    with pytest.raises(CheckpointError, match="epochs: run has 1, asked 2"):
+        run(ProbeConfig(**{**cfg, "epochs": 2}, resume=True), progress=False)
+
+    # Ctrl-C in the middle of epoch 2: epoch 1's state is kept, the message names the resume command
+    real_lr, sent = lp.probe_lr, []
+
+    def interrupt_in_epoch_2(c, epoch_float):
+        if epoch_float > 1 and not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+        return real_lr(c, epoch_float)
+
+    monkeypatch.setattr(lp, "probe_lr", interrupt_in_epoch_2)
+    two = {**cfg, "epochs": 2, "out": str(tmp_path / "run2")}
+    with pytest.raises(RunInterrupted, match=r"SIGINT.*epoch 2.*bench eval linear-probe --config .*run2/config.json --resume"):
+        run(ProbeConfig(**two), progress=False)
+    monkeypatch.setattr(lp, "probe_lr", real_lr)
+    resumed = run(ProbeConfig(**two, resume=True), progress=False)
     assert set(resumed["scores"]) == set(EXPECTED_DIMS)
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [entry.get("epoch") for entry in log] == [1, None, 2, None]  # resuming continues the log
-    assert log[1]["val"] == summary["scores"] and log[3]["val"] == resumed["scores"]
-    for entry in (log[0], log[2]):
+    log = [json.loads(line) for line in (tmp_path / "run2" / "log.jsonl").read_text().splitlines()]
+    assert [entry.get("epoch") for entry in log] == [1, 2, None]  # resuming continues the log, no repeats
+    assert log[2]["val"] == resumed["scores"]
+    for entry in log[:2]:
         assert set(entry["train_loss"]) == set(EXPECTED_DIMS) and 0 < entry["lr"] <= 0.01  # the last step's lr
         assert all(v > 0 and math.isfinite(v) for v in entry["train_loss"].values())
         assert all(0 <= v <= 100 for v in entry["train_top1"].values())
-    assert resumed["figure"] == str(tmp_path / "run" / "layers.png")
-    assert (tmp_path / "run" / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert resumed["figure"] == str(tmp_path / "run2" / "layers.png")
+    assert (tmp_path / "run2" / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_preset_never_overrides_typed_values_and_default_folder(random_ckpt, tmp_path, monkeypatch):
+    from cpfs_bench.evaluate.backbone import evaluation_folder
+    from cpfs_bench.evaluate.linear_probe import resolve_probe_config
+
+    monkeypatch.setenv("CPFS_BENCH_HOME", str(tmp_path / "home"))
+    (tmp_path / "inet").mkdir()
+    cfg, dev = resolve_probe_config(ProbeConfig(ckpt="x", data=str(tmp_path / "inet"), preset="smoke", epochs=5),
+                                    explicit={"epochs"})
+    assert (cfg.epochs, cfg.batch_size) == (5, 32)  # typed 5 kept; the preset's batch applied
+    assert dev == {"epochs": 5, "batch_size": 32, "preset": "smoke"}
+    cfg, dev = resolve_probe_config(ProbeConfig(ckpt="x", data=str(tmp_path / "inet"), lr=0.01), explicit={"lr"})
+    assert dev == {}  # the protocol's own value, typed or not, is no deviation
+    assert evaluation_folder("linear-probe", "pretrain-kta", "ab" * 32) == Path("runs/linear-probe-pretrain-kta-abababab")
 
 
 def test_frozen_trunk_check_catches_a_change(tiny_imagenet, random_ckpt, tmp_path, monkeypatch):
@@ -191,9 +233,9 @@ def test_frozen_trunk_check_catches_a_change(tiny_imagenet, random_ckpt, tmp_pat
     with pytest.raises(RuntimeError, match="conv3.1.running_mean"):
         assert_trunk_unchanged(trunk, fingerprint)
 
-    import evaluate.linear_probe as lp
+    import cpfs_bench.evaluate.linear_probe as lp
 
-    def forgot_eval_mode(path, device="cpu"):  # a classic bug: BN statistics drift in train mode
+    def forgot_eval_mode(path, device="cpu", frozen=True):  # a classic bug: BN statistics drift in train mode
         t, info = load_trunk(path, device)
         return t.train(), info
 
@@ -226,7 +268,8 @@ def test_checkpoint_formats(tmp_path):
     with pytest.raises(CheckpointError, match=r"broken_tv.pt: does not match a alexnet trunk \(torchvision"
                                               r".*missing keys: "
                                               r"\['features.3.bias'\].*unexpected keys: \['features.99.weight'\].*"
-                                              r"wrong shapes: \['features.8.weight'\]"):
+                                              r"wrong shapes: \['features.8.weight \(128, 384, 3, 3\) \(expected "
+                                              r"\(256, 384, 3, 3\)\)'\]"):
         load_trunk(tmp_path / "broken_tv.pt")
     caffenet_keys = {k.replace("conv1.0.", "conv1.9."): v for k, v in build_trunk("caffenet").state_dict().items()}
     torch.save(caffenet_keys, tmp_path / "renamed.pt")
@@ -234,5 +277,31 @@ def test_checkpoint_formats(tmp_path):
                                               r"\['conv1.0.bias', 'conv1.0.weight'\]"):
         load_trunk(tmp_path / "renamed.pt")
     torch.save({"weights": [1, 2]}, tmp_path / "odd.pt")
-    with pytest.raises(CheckpointError, match="odd.pt: expected a cpfs-bench checkpoint or a plain CaffeNet / torch"):
+    with pytest.raises(CheckpointError, match=r"odd.pt: holds a dict whose keys are \['weights'\]; expected a "
+                                              r"cpfs-bench checkpoint .* or a trunk's state_dict"):
         load_trunk(tmp_path / "odd.pt")
+
+
+def test_checkpoint_errors_a_user_can_act_on(tmp_path):
+    import torchvision
+
+    torch.save({"a": 1}, tmp_path / "dict.pt")
+    with pytest.raises(CheckpointError, match=r"dict.pt: holds a dict whose keys are \['a'\]"):
+        load_trunk(tmp_path / "dict.pt")
+    torch.save(build_trunk("caffenet"), tmp_path / "module.pt")  # a pickled nn.Module
+    with pytest.raises(CheckpointError, match=r"module.pt: holds pickled Python objects.*never unpickles code.*"
+                                              r"torch.save\(model.state_dict\(\), path\)") as e:
+        load_trunk(tmp_path / "module.pt")
+    assert "weights_only=False" not in str(e.value)
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(CheckpointError, match=r"notes.txt: not a PyTorch checkpoint \(torch.save writes a zip"):
+        load_trunk(tmp_path / "notes.txt")
+    data = (tmp_path / "dict.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cut.pt: could not be read as a PyTorch checkpoint \(truncated"):
+        load_trunk(tmp_path / "cut.pt")
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet.pt")
+    with pytest.raises(CheckpointError, match=r"resnet.pt: a state_dict of \d+ tensors .* fits none of the supported "
+                                              r"trunks: caffenet_bn: .*caffenet: .*alexnet: ") as e:
+        load_trunk(tmp_path / "resnet.pt")
+    assert "wrong shapes: []" not in str(e.value)

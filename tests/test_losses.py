@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.losses import (cpfs_loss, direct_cls_loss, fit_flow_codebook, flow_kernel, kernel_target_alignment,
+from cpfs_bench.pretrain.losses import (cpfs_loss, direct_cls_loss, fit_flow_codebook, flow_kernel, kernel_target_alignment,
                              quantize_flow, squash_flow)
 
 

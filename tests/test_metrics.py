@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import average_precision_score, precision_recall_curve
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from evaluate.metrics import (
+from cpfs_bench.evaluate.metrics import (
     classification_ap,
     confusion_matrix,
     detection_ap,

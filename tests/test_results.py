@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from results import store
-from results.plots import plot_linear_probes
-from results.store import (FIELDS, RECORD_VERSION, append_records, default_store, make_record, read_records,
+from cpfs_bench.results import store
+from cpfs_bench.results.plots import plot_linear_probes
+from cpfs_bench.results.store import (FIELDS, RECORD_VERSION, append_records, default_store, make_record, read_records,
                            sha256_file)
-from results.tables import build_table, latex_escape, load_paper_tables, render
+from cpfs_bench.results.tables import build_table, latex_escape, load_paper_tables, render
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -38,7 +38,7 @@ def test_make_record_fields_and_checkpoint_sha256(tmp_path):
                       layer="conv3", deviations={"epochs": 2, "pool": "avg"}, checkpoint=ckpt,
                       dataset=tmp_path, split="val", extra={"seed": 3})
     assert tuple(rec) == FIELDS
-    assert rec["record_version"] == RECORD_VERSION == 1
+    assert rec["record_version"] == RECORD_VERSION == 2 and rec["run"] == "CPFS-KTA"
     assert (rec["task"], rec["metric"], rec["value"], rec["unit"]) == ("imagenet_linear", "top1", 29.25, "percent")
     assert (rec["layer"], rec["method"], rec["protocol"]) == ("conv3", "CPFS-KTA", "zhang17-linear-probe")
     assert rec["deviations"] == {"epochs": 2, "pool": "avg"} and rec["extra"] == {"seed": 3}
@@ -209,8 +209,23 @@ def test_paper_tables_csv():
 
 # ------------------------------------------------------------------------------------------- tables
 
+PAPER_SETS = {"voc07_cls": ("test", 20, 4952), "voc07_det": ("test", 20, 4952), "voc12_seg": ("val", 21, 736),
+              "voc07_svm": ("test", 20, 4952), "imagenet_linear": ("val", 1000, 50_000)}
+
+
+def on_paper_set(rec):
+    """The record as measured on the paper's evaluation set of its task (real data, full split)."""
+    split, classes, images = PAPER_SETS[rec["task"]]
+    rec["dataset_info"] = {"name": "real", "classes": classes, "split": split, "images": images, "embedded": False}
+    return rec
+
+
 @pytest.fixture
 def records():
+    return [on_paper_set(r) for r in _records()]
+
+
+def _records():
     kta = dict(method="CPFS-KTA", protocol="krahenbuhl16-voc07-cls")
     return [
         # voc07_cls for CPFS-KTA: the one made last (minute 20) wins although it comes first in the list
@@ -252,7 +267,7 @@ def md_rows(text):
 
 def test_build_table_frame(records):
     df = build_table(records, 1)
-    assert list(df.columns) == ["source", "block", "method", "supervision", "ref", "Cls.", "Det.", "Seg."]
+    assert list(df.columns) == ["source", "block", "method", "run", "supervision", "ref", "Cls.", "Det.", "Seg."]
     assert list(df.source) == ["paper"] * 13 + ["ours"] * 2
     assert list(df[df.source == "ours"].method) == ["CPFS-KTA", "random"]
     ours = df[df.source == "ours"].set_index("method")
@@ -267,6 +282,8 @@ def test_build_table_frame(records):
     assert len(t2) == 19 + 2 and list(t2.columns[-5:]) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     with pytest.raises(ValueError, match="table"):
         build_table(records, 3)
+    svm = build_table(records, "svm")
+    assert list(svm.source) == ["ours"] and svm.iloc[0]["conv5"] == 77.0
     with pytest.raises(ValueError, match="format"):
         render(records, 1, "html")
 
@@ -287,6 +304,7 @@ def test_render_terminal_table(records):
     assert "  [a] krahenbuhl16-voc07-cls (deviations: iters=1000)" in lines
     assert "  [b] fast_rcnn & co #1" in lines and "  [c] fcn32s_voc12" in lines
     assert "99.0" not in text and "77.0" not in text and "58.0" not in text
+    assert "Runs (the checkpoint each row evaluated):" in lines
 
     t2 = render(records, 2, "table")
     assert t2.startswith("Table 2: ImageNet linear probes, top-1 % per layer\n")
@@ -313,11 +331,11 @@ def test_render_markdown(records):
 def test_render_latex_escapes(records):
     text = render(records, 1, "latex")
     assert latex_escape("a&b_c%d#e$f") == r"a\&b\_c\%d\#e\$f"
-    assert r"\begin{tabular}{lllllrrr}" in text and r"\toprule" in text and r"\bottomrule" in text
+    assert r"\begin{tabular}{llllllrrr}" in text and r"\toprule" in text and r"\bottomrule" in text
     assert r"\textsuperscript{b} fast\_rcnn \& co \#1" in text
     assert r"\textsuperscript{c} fcn32s\_voc12" in text
-    assert r"ours & cpfs-bench & CPFS-KTA & - & - & 61.0\textsuperscript{a} & 40.0\textsuperscript{b} & - \\" in text
-    assert "paper &  & CPFS-KTA & Optical-flow & Self & 65.3 & 50.5 & 41.5 \\\\" in text
+    assert r"ours & cpfs-bench & CPFS-KTA & CPFS-KTA & - & - & 61.0\textsuperscript{a} & 40.0\textsuperscript{b} & - \\" in text
+    assert "paper &  & CPFS-KTA & - & Optical-flow & Self & 65.3 & 50.5 & 41.5 \\\\" in text
     body = [line for line in text.splitlines() if not line.startswith("%")]
     # every special character is escaped; the only bare & are the column separators " & "
     for line in body:
@@ -355,7 +373,7 @@ def test_plot_linear_probes(records, tmp_path):
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     width, height = struct.unpack(">II", data[16:24])
-    assert (width, height) == (900, 700) and len(data) > 10_000
+    assert (width, height) == (900, 700) and len(data) > 10_000  # one panel: every record on the paper's set
     plot_linear_probes(records, tmp_path / "ours_only.png", include_paper=False)
     assert (tmp_path / "ours_only.png").stat().st_size > 5_000
     no_probes = [r for r in records if r["task"] != "imagenet_linear"]
@@ -364,3 +382,28 @@ def test_plot_linear_probes(records, tmp_path):
     assert not (tmp_path / "x.png").exists()
     # before any probe of ours exists, the paper's curves alone are still worth a look
     assert plot_linear_probes(no_probes, tmp_path / "paper.png").stat().st_size > 5_000
+
+
+def test_runs_get_rows_of_their_own_and_other_datasets_blocks_of_their_own(tmp_path):
+    embedded = {"name": "embedded imagenet-seed0", "classes": 20, "split": "val", "images": 300, "embedded": True}
+    recs = [on_paper_set(make_record("imagenet_linear", "top1", 30.0, method="CPFS-KTA", protocol="p", layer="conv3",
+                                     run="kta-long", checkpoint_sha256="ab" * 32, checkpoint_step=5000)),
+            # a later demo run of the same method must not replace the long run's cell
+            at(make_record("imagenet_linear", "top1", 80.0, method="CPFS-KTA", protocol="p", layer="conv3",
+                           run="kta-demo", checkpoint_step=100, dataset_info=embedded), 60),
+            at(make_record("imagenet_linear", "top1", 81.0, method="random", protocol="p", layer="conv3",
+                           run="random", dataset_info=embedded), 60)]
+    df = build_table(recs, 2)
+    ours = df[df.source == "ours"]
+    assert list(ours.run) == ["kta-long", "kta-demo", "random"]
+    assert ours.iloc[0]["block"] == "cpfs-bench" and ours.iloc[0]["conv3"] == 30.0
+    assert "embedded imagenet-seed0" in ours.iloc[1]["block"] and "not comparable" in ours.iloc[1]["block"]
+    text = render(recs, 2, "table")
+    lines = text.splitlines()
+    title = next(i for i, line in enumerate(lines) if line.startswith("--- cpfs-bench on embedded imagenet-seed0"))
+    assert "kta-long" in lines[title - 1] and "30.0" in lines[title - 1]  # the paper's block first
+    assert "kta-demo" in lines[title + 1] and "80.0" in lines[title + 1] and "other dataset" in lines[title + 1]
+    assert "  kta-long: abababab, step 5000" in lines
+    # one panel for the paper's dataset, one for the embedded world: twice as wide
+    data = plot_linear_probes(recs, tmp_path / "two.png").read_bytes()
+    assert struct.unpack(">II", data[16:24]) == (1800, 700)

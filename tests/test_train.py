@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-import pretrain.train as train
-from bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pretrain.train import PretrainConfig, TrainingDiverged, run
+import cpfs_bench.pretrain.train as train
+from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cpfs_bench.pretrain.train import PretrainConfig, TrainingDiverged, run
 
 
 def tiny_config(data, out, **kw):

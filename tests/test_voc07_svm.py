@@ -10,13 +10,13 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 from sklearn.model_selection import cross_val_score
 from sklearn.svm import LinearSVC
 
-from bench.checkpoint import save_checkpoint
-from bench.world.voc import VOCWorldConfig, write_voc_world
-from evaluate.datasets import VOC_CLASSES
-from evaluate.features import PROBE_LAYERS
-from evaluate.voc07_svm import GOYAL19_COSTS, PROTOCOL, SVMConfig, row_space_coordinates, run, svm_layer
-from pretrain.alexnet import build_trunk
-from results.store import read_records
+from cpfs_bench.bench.checkpoint import save_checkpoint
+from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
+from cpfs_bench.evaluate.datasets import VOC_CLASSES
+from cpfs_bench.evaluate.features import PROBE_LAYERS
+from cpfs_bench.evaluate.voc07_svm import GOYAL19_COSTS, PROTOCOL, SVMConfig, row_space_coordinates, run, svm_layer
+from cpfs_bench.pretrain.alexnet import build_trunk
+from cpfs_bench.results.store import read_records
 
 COSTS = (0.001, 0.1, 1.0, 10.0)
 
@@ -179,7 +179,7 @@ def test_bad_input(tiny, tmp_path):
 def test_cli_prints_per_class_table(tiny, tmp_path):
     from click.testing import CliRunner
 
-    from bench.cli import main
+    from cpfs_bench.bench.cli import main
 
     root, ckpt = tiny
     result = CliRunner().invoke(main, ["eval", "voc07-svm", "--ckpt", str(ckpt), "--voc", str(root / "voc"),

@@ -3,8 +3,8 @@ import cv2
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
-from evaluate.datasets import imagenet_samples
+from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
+from cpfs_bench.evaluate.datasets import imagenet_samples
 
 
 def colour_texture_features(path):

@@ -2,9 +2,9 @@
 import cv2
 import numpy as np
 
-from bench.world.videos import VideoWorldConfig, make_clip_layers, render_frame, ground_truth_flow
-from pretrain.extract import VideoSource, read_frames
-from pretrain.flow import read_flow_png
+from cpfs_bench.bench.world.videos import VideoWorldConfig, make_clip_layers, render_frame, ground_truth_flow
+from cpfs_bench.pretrain.extract import VideoSource, read_frames
+from cpfs_bench.bench.flowio import read_flow_png
 
 
 def test_ground_truth_flow_warps_next_frame_onto_this_one():
@@ -30,7 +30,7 @@ def test_ground_truth_flow_warps_next_frame_onto_this_one():
 
 
 def test_world_files_deterministic_and_readable(tiny_world, tmp_path):
-    from bench.world.videos import write_video_world
+    from cpfs_bench.bench.world.videos import write_video_world
 
     write_video_world(VideoWorldConfig(out=str(tmp_path), seed=3, clips=1, frames=6, workers=1), progress=False)
     for i in range(5):

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from bench.parallel import parallel_map, worker_count
-from bench.world.objects import background, class_appearance, object_mask, object_texture
+from cpfs_bench.bench.parallel import parallel_map, worker_count
+from cpfs_bench.bench.world.objects import background, class_appearance, object_mask, object_texture
 
 # offset so the ImageNet world's classes look different from the VOC world's 20
 CLASS_SEED_OFFSET = 1000

@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from bench.parallel import parallel_map, worker_count
-from pretrain.flow import flow_to_image, write_flow_png
+from cpfs_bench.bench.parallel import parallel_map, worker_count
+from cpfs_bench.bench.flowio import flow_to_image, write_flow_png
 
 
 @dataclass

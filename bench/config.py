@@ -1,0 +1,53 @@
+"""One rule for protocols, presets and deviations, for every command.
+
+Each command has one frozen config dataclass whose defaults are its published protocol. A preset
+(e.g. "smoke" for the embedded world) changes some of them, but never a value the user gave; every
+value that then differs from the protocol is a deviation, whoever set it, and goes into the record.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def protocol_values(cfg_or_cls, names) -> dict[str, Any]:
+    """The dataclass defaults of `names`: the published protocol's values."""
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(cfg_or_cls)}
+    return {name: defaults[name] for name in names}
+
+
+def resolve(cfg, preset: Mapping[str, Any] | None, explicit, protocol: Mapping[str, Any]):
+    """(cfg with the preset applied to the fields the user did not give, deviations).
+
+    cfg: a frozen dataclass holding the protocol defaults overridden by the user's values;
+    explicit: names of the fields the user gave (command line or --config file);
+    protocol: {field: published value}; deviations = {field: value used} where they differ."""
+    explicit = set(explicit)
+    cfg = replace(cfg, **{k: v for k, v in (preset or {}).items() if k not in explicit})
+    deviations = {k: _plain(getattr(cfg, k)) for k, v in protocol.items() if getattr(cfg, k) != v}
+    return cfg, deviations
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def load_config_file(path, cls, command: str) -> dict[str, Any]:
+    """The options of a run's config.json (written by bench.runs.RunFolder) that `cls` knows;
+    ValueError naming the file when it is not one, or was written by another command."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        saved_command, values = doc["command"], doc["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a cpfs-bench run config (config.json with 'command' and 'config'): {e}") from None
+    if saved_command != command:
+        raise ValueError(f"{path}: written by `bench {saved_command}`, not `bench {command}`")
+    names = {f.name for f in fields(cls)}
+    out = {}
+    for k, v in values.items():
+        if k in names:
+            out[k] = tuple(v) if isinstance(v, list) else v
+    return out
