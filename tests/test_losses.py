@@ -131,3 +131,70 @@ def test_direct_cls_codebook_populated_and_quantisation_nearest():
     logits = torch.zeros(1, 5, 16)
     loss = direct_cls_loss(logits, torch.tensor(flows[None, :5], dtype=torch.float32), torch.tensor(codebook))
     assert loss.item() == pytest.approx(math.log(16), rel=1e-6)  # uniform logits
+
+
+def three_motion_groups(n=512, seed=0):
+    """Squashed flow of n pixels in three rigid motions (+ small noise), and their group ids."""
+    g = torch.Generator().manual_seed(seed)
+    groups = torch.randint(0, 3, (n,), generator=g)
+    motions = torch.tensor([[4.0, 0.0], [-2.0, 3.0], [0.0, 0.0]])  # pixels per frame
+    flow = motions[groups] + 0.2 * torch.randn(n, 2, generator=g)
+    return squash_flow(flow)[None].double(), groups
+
+
+def test_default_loss_cannot_be_minimised_by_constant_embeddings():
+    from cpfs_bench.pretrain.train import PretrainConfig
+
+    cfg = PretrainConfig()
+    flow, groups = three_motion_groups()
+    ideal = torch.nn.functional.one_hot(groups, cfg.embed_dim).double()[None]  # one direction per motion
+    constant = torch.ones_like(ideal)
+    # every sigma the default run can reach: its initial value, or any value when sigma is learned
+    reachable = np.geomspace(1e-3, 1e3, 61) if cfg.learn_sigma else [cfg.sigma]
+    for kind in ("kta", "ce", "ce-rev"):
+        ideal_loss = cpfs_loss(ideal, flow, cfg.sigma, kind).item()
+        best_constant = min(cpfs_loss(constant, flow, s, kind).item() for s in reachable)
+        assert best_constant > ideal_loss + 1e-3, (kind, best_constant, ideal_loss)
+
+
+def test_learned_sigma_lets_kta_collapse():
+    """Why the default sigma is fixed: with sigma free, constant embeddings reach KTA's minimum."""
+    flow, groups = three_motion_groups()
+    ideal = torch.nn.functional.one_hot(groups, 16).double()[None]
+    constant = torch.ones_like(ideal)
+    sigmas = np.geomspace(0.02, 5, 30)
+    best_ideal = min(cpfs_loss(ideal, flow, s, "kta").item() for s in sigmas)
+    assert cpfs_loss(constant, flow, 5.0, "kta").item() < 1e-3 < best_ideal
+
+
+def test_target_entropy_and_mean_cosine_against_direct_formulas():
+    from cpfs_bench.pretrain.losses import mean_pairwise_cosine, target_entropy
+
+    g = torch.Generator().manual_seed(1)
+    e, f = torch.randn(2, 9, 4, generator=g, dtype=torch.float64), torch.randn(2, 9, 2, generator=g, dtype=torch.float64)
+    for kind, kernel in (("ce", flow_kernel(f, 0.7)), ("ce-rev", torch.nn.functional.cosine_similarity(
+            e[:, :, None], e[:, None], dim=3) / 4)):
+        s = torch.softmax(kernel, dim=1)
+        direct = (-(s * s.log()).sum((1, 2)) / 9).mean()
+        assert torch.allclose(target_entropy(e, f, 0.7, kind, block=4).double(), direct, atol=1e-5)
+        # the CE loss minus its target entropy is a KL divergence: >= 0, and 0 when the kernels agree
+        assert cpfs_loss(e, f, 0.7, kind).item() - target_entropy(e, f, 0.7, kind).item() > -1e-6
+    cos = torch.nn.functional.cosine_similarity(e[:, :, None], e[:, None], dim=3)
+    off = (cos.sum((1, 2)) - 9) / (9 * 8)
+    assert abs(mean_pairwise_cosine(e) - off.mean().item()) < 1e-6
+    assert abs(mean_pairwise_cosine(torch.ones(1, 5, 3)) - 1.0) < 1e-6
+
+
+def test_direct_cls_codebook_is_symmetric_under_a_flip():
+    rng = np.random.default_rng(0)
+    flows = rng.normal(size=(4000, 2)) * [1.0, 0.5] + [0.6, 0.0]  # lopsided: more motion to the right
+    codebook = torch.from_numpy(fit_flow_codebook(flows, 16, seed=0))
+    mirrored = codebook * torch.tensor([-1.0, 1.0])
+    for c in mirrored:  # the codebook holds the mirror of every centre
+        assert ((codebook - c).abs().sum(1) < 1e-6).any()
+    f = torch.from_numpy(rng.normal(size=(500, 2))).float()
+    flipped = f * torch.tensor([-1.0, 1.0])
+    a, b = quantize_flow(f, codebook), quantize_flow(flipped, codebook)
+    assert torch.allclose(codebook[a] * torch.tensor([-1.0, 1.0]), codebook[b])  # flip commutes with quantising
+    with pytest.raises(ValueError, match="even"):
+        fit_flow_codebook(flows, 15)

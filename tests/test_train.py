@@ -11,7 +11,7 @@ from cpfs_bench.pretrain.train import PretrainConfig, TrainingDiverged, run
 
 def tiny_config(data, out, **kw):
     base = dict(loss="kta", data=str(data), out=str(out), iters=4, batch_size=2, pixels=64, hidden=32,
-                ckpt_every=100, snapshot_every=0, seed=1)
+                ckpt_every=100, seed=1)
     base.update(kw)
     return PretrainConfig(**base)
 
@@ -55,6 +55,10 @@ def test_existing_run_not_overwritten_and_resume_clash(tiny_flow, tmp_path):
         run(tiny_config(tiny_flow, tmp_path, iters=2, arch="caffenet", resume=True), progress=False)
     with pytest.raises(CheckpointError, match="loss"):
         run(tiny_config(tiny_flow, tmp_path, iters=2, loss="ce", resume=True), progress=False)
+    with pytest.raises(CheckpointError, match="seed: run has 1, asked 2"):
+        run(tiny_config(tiny_flow, tmp_path, iters=2, seed=2, resume=True), progress=False)
+    with pytest.raises(CheckpointError, match="learn_sigma: run has False, asked True.*--config .*config.json --resume"):
+        run(tiny_config(tiny_flow, tmp_path, iters=2, learn_sigma=True, resume=True), progress=False)
 
 
 def test_resume_rejects_foreign_and_future_checkpoints(tiny_flow, tmp_path):
@@ -104,3 +108,57 @@ def test_unreadable_frame_named(tiny_flow, tmp_path):
         f.write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match=r"frames/00000\d.jpg: image could not be decoded"):
         run(tiny_config(data, tmp_path / "out"), progress=False)
+
+
+def test_run_folder_files_and_weights_only_final(tiny_flow, tmp_path):
+    summary = run(tiny_config(tiny_flow, tmp_path, loss="ce", iters=2), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "final.pt", "last.pt", "log.jsonl", "loss.png"]
+    final = torch.load(tmp_path / "final.pt", weights_only=True)
+    assert summary["checkpoint"] == str(tmp_path / "final.pt")
+    assert final["step"] == 2 and not final["optimizer"] and not final["rng"] and final["trunk"]
+    assert final["extra"]["sigma_rule"] == "fixed" and final["extra"]["paper_deviations"] == {"learn_sigma": False}
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["command"] == "pretrain" and saved["config"]["iters"] == 2 and saved["config"]["data"] == str(tiny_flow)
+    log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["step"] for r in log] == [1, 2]
+    for r in log:  # the CE losses log the KL to their target, and every loss the embeddings' spread
+        assert 0 <= r["kl"] <= r["loss"] and -1 <= r["mean_cos"] <= 1
+
+
+def test_sigterm_saves_a_resumable_state_and_resume_is_exact(tiny_flow, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from cpfs_bench.bench.runs import RunInterrupted
+
+    straight = run(tiny_config(tiny_flow, tmp_path / "a"), progress=False)
+    real = train.scheduled_lr
+
+    def preempt_at_step_2(kind, base, t, total, **kw):
+        if t == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a cluster preempting the job
+        return real(kind, base, t, total, **kw)
+
+    monkeypatch.setattr(train, "scheduled_lr", preempt_at_step_2)
+    with pytest.raises(RunInterrupted, match=r"SIGTERM received: stopped after step 3, state saved to .*last.pt; "
+                                             r"resume with `bench pretrain --config .*config.json --resume`"):
+        run(tiny_config(tiny_flow, tmp_path / "b"), progress=False)
+    monkeypatch.setattr(train, "scheduled_lr", real)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 3 and not (tmp_path / "b" / "final.pt").exists()
+    run(tiny_config(tiny_flow, tmp_path / "b", resume=True), progress=False)
+    a, b = load_checkpoint(tmp_path / "a" / "final.pt"), load_checkpoint(tmp_path / "b" / "final.pt")
+    assert all(torch.equal(a["trunk"][k], b["trunk"][k]) for k in a["trunk"])
+    assert [json.loads(line)["step"] for line in open(tmp_path / "b" / "log.jsonl")] == [1, 2, 3, 4]
+    assert straight["steps"] == 4
+
+
+def test_log_starts_fresh_and_resume_drops_steps_after_the_checkpoint(tiny_flow, tmp_path):
+    tmp_path.joinpath("log.jsonl").write_text('{"step": 1, "loss": 9}\n{"step": 2, "loss": 9}\n')  # a killed run
+    run(tiny_config(tiny_flow, tmp_path), progress=False, stop_after=2)
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "log.jsonl")]
+    assert len(losses) == 2 and 9 not in losses  # a fresh run starts a fresh log
+    with open(tmp_path / "log.jsonl", "a") as f:  # logged after the last save, then lost in a crash
+        f.write('{"step": 3, "loss": 9}\n')
+    run(tiny_config(tiny_flow, tmp_path, resume=True), progress=False)
+    log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and 9 not in [r["loss"] for r in log]
