@@ -38,7 +38,7 @@ def test_world_flow_pretrain_all_losses(tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "world" / "videos").iterdir()) == ["clip_000.mp4", "clip_001.mp4"]
     (tmp_path / "world" / "videos" / "zz_broken.mkv").write_bytes(b"garbage")
-    r = bench("flow", "--videos", tmp_path / "world" / "videos", "--out", tmp_path / "flow", "--method", "dis-fast")
+    r = bench("flow", tmp_path / "world" / "videos", "--out", tmp_path / "flow", "--method", "dis-fast")
     assert r.returncode == 0, r.stderr
     assert "2 videos processed" in r.stdout and "1 failed" in r.stdout and "zz_broken" in r.stderr
     manifest = json.loads((tmp_path / "flow" / "manifest.json").read_text())
@@ -52,9 +52,11 @@ def test_world_flow_pretrain_all_losses(tmp_path):
         ckpt = torch.load(out / "last.pt", weights_only=True)
         assert ckpt["loss"] == loss and ckpt["step"] == 2
         assert (out / "step_000001.pt").exists() and len((out / "log.jsonl").read_text().splitlines()) == 2
-    r = bench("pretrain", "--loss", "kta", "--data", tmp_path / "flow", "--out", tmp_path / "run-kta",
-              "--iters", 3, "--batch-size", 2, "--pixels", 32, "--resume")
+        assert (out / "final.pt").exists() and (out / "config.json").exists()
+    # the run's config.json reruns it; an option typed beside it wins
+    r = bench("pretrain", "--config", tmp_path / "run-kta" / "config.json", "--iters", 3, "--resume")
     assert r.returncode == 0 and "steps 2->3" in r.stdout, r.stderr
+    assert torch.load(tmp_path / "run-kta" / "last.pt", weights_only=True)["config"]["pixels"] == 32
     r = bench("pretrain", "--loss", "kta", "--arch", "caffenet", "--data", tmp_path / "flow", "--out",
               tmp_path / "run-kta", "--iters", 4, "--resume")
     assert r.returncode == 1 and "cannot resume" in r.stderr
@@ -64,7 +66,7 @@ def test_world_flow_pretrain_all_losses(tmp_path):
 def test_flow_fails_when_nothing_processed(tmp_path):
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "a.mp4").write_bytes(b"garbage")
-    r = bench("flow", "--videos", tmp_path / "v", "--out", tmp_path / "o")
+    r = bench("flow", tmp_path / "v", "--out", tmp_path / "o")
     assert r.returncode == 1 and "no video could be processed" in r.stderr
 
 
@@ -106,3 +108,15 @@ def test_world_voc_and_imagenet_commands(tmp_path):
               "--val-per-class", 1)
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "inet" / "val").glob("*/*.JPEG"))) == 3
+
+
+def test_version_and_help_summaries_whole():
+    r = bench("--version")
+    assert r.returncode == 0 and r.stdout.startswith("cpfs-bench, version ")
+    r = bench("--help")
+    assert r.returncode == 0
+    commands = r.stdout.split("Commands:")[1].strip().splitlines()
+    assert len(commands) == 5 and not any(line.rstrip().endswith("...") for line in commands)
+    r = bench("eval", "linear-probe", "--help")
+    assert "[default: 28; x>=1]" in " ".join(r.stdout.split()) or "default: 28" in r.stdout
+    assert "smoke preset: 3" in r.stdout and "smoke preset: 32" in r.stdout

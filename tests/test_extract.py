@@ -1,5 +1,6 @@
 """pretrain/extract.py: `bench flow` on videos and frame folders."""
 import json
+import re
 import shutil
 
 import cv2
@@ -52,7 +53,7 @@ def test_broken_video_listed_and_skipped(tiny_world, tmp_path):
     summary = extract_flow(FlowConfig(videos=[str(videos)], out=str(out), method="dis-fast", workers=2), progress=False)
     assert summary["processed"] == 1 and summary["failed"] == 1
     failures = (out / "failures.txt").read_text().splitlines()
-    assert len(failures) == 1 and failures[0].startswith("broken\t") and "broken.mp4" in failures[0]
+    assert len(failures) == 1 and failures[0].startswith("broken\t") and "broken.mp4\tfailed: " in failures[0]
     assert not (out / "broken").exists() and not list(out.glob(".*partial"))
 
 
@@ -75,3 +76,45 @@ def test_frame_folder_with_stride_and_resize(tiny_world, tmp_path):
 def test_missing_input_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         extract_flow(FlowConfig(videos=[str(tmp_path / "nowhere")], out=str(tmp_path / "o")), progress=False)
+
+
+def test_truncated_video_keeps_its_decodable_prefix(tmp_path):
+    import av
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    # moov first (faststart), so a cut file still opens and decodes up to where its data ends
+    container = av.open(str(tmp_path / "whole.mp4"), "w", options={"movflags": "faststart"})
+    stream = container.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        frame = av.VideoFrame.from_ndarray((rng.random((120, 160, 3)) * 255).astype(np.uint8), format="rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    data = (tmp_path / "whole.mp4").read_bytes()
+    (videos / "cut.mp4").write_bytes(data[: len(data) * 6 // 10])
+    out = tmp_path / "out"
+    summary = extract_flow(FlowConfig(videos=[str(videos)], out=str(out), method="dis-fast", workers=1), progress=False)
+    assert summary["processed"] == 1 and summary["partial"] == 1 and summary["failed"] == 0
+    meta = json.loads((out / "cut" / "meta.json").read_text())
+    stopped = meta["partial"]["stopped_at_frame"]
+    assert 2 <= stopped < 40 and meta["frames"] == stopped and meta["pairs"] == stopped - 1
+    line = (out / "failures.txt").read_text().splitlines()[0]
+    assert line.startswith("cut\t") and f"partial: decoding stopped at frame {stopped}" in line
+
+
+def test_rerun_with_other_settings_is_refused(tiny_world, tiny_flow, tmp_path):
+    out = tmp_path / "flow"
+    shutil.copytree(tiny_flow, out)
+    for change, named in (({"method": "farneback"}, "method: 'dis-medium' there, 'farneback' asked"),
+                          ({"resize": (120, 160)}, "resize: None there, [120, 160] asked"),
+                          ({"stride": 2}, "stride: 1 there, 2 asked")):
+        with pytest.raises(ValueError, match=re.escape(named)):
+            extract_flow(FlowConfig(videos=[str(tiny_world / "videos")], out=str(out), workers=1, **change),
+                         progress=False)
+    summary = extract_flow(FlowConfig(videos=[str(tiny_world / "videos")], out=str(out), workers=1), progress=False)
+    assert summary["skipped"] == 2  # the same settings: resumed, nothing redone
