@@ -12,30 +12,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")  # the devkit's order (alphabetical)
+from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette  # noqa: F401 (part of this module's API)
+
 IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp")
 
 
 class DatasetFormatError(ValueError):
     pass
-
-
-def voc_palette() -> list[int]:
-    """The VOC colour map (256 RGB entries, flattened), as the devkit's VOClabelcolormap builds it."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 def voc_year_dir(root, year) -> Path:

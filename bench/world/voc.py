@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from cpfs_bench.bench.parallel import parallel_map, worker_count
 from cpfs_bench.bench.world.objects import background, class_appearance, object_mask, object_texture
-from cpfs_bench.evaluate.datasets import VOC_CLASSES, voc_palette
+from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette
 
 POSES = ("Left", "Right", "Frontal", "Rear", "Unspecified")
 BORDER_KERNEL = np.ones((5, 5), np.uint8)
