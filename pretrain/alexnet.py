@@ -119,12 +119,14 @@ class TorchvisionAlexNet(nn.Module):
     """torchvision's alexnet() (64-192-384-256-256, no groups, 224x224 there; 227 works too and gives
     the same map sizes from conv2 on) as an evaluation trunk. Module names, and so state_dict keys,
     are torchvision.models.AlexNet's (features.0.weight, ..., classifier.4.bias) without the final
-    1000-way layer classifier.6, which is not part of a trunk. `activations` as CaffeNet's."""
+    1000-way layer classifier.6, which is not part of a trunk. `activations` as CaffeNet's, through
+    torchvision's feature extractor (torchvision.models.feature_extraction) over the same modules."""
 
     arch = "alexnet"
-    # the module (index in features / classifier) whose output is the named activation
-    FEATURE_OUTPUTS = {"conv1": 1, "pool1": 2, "conv2": 4, "pool2": 5, "conv3": 7, "conv4": 9, "conv5": 11, "pool5": 12}
-    CLASSIFIER_OUTPUTS = {"fc6": 2, "fc7": 5}
+    # the graph node whose output is the named activation (after the ReLU for conv/fc layers)
+    NODES = {"conv1": "features.1", "pool1": "features.2", "conv2": "features.4", "pool2": "features.5",
+             "conv3": "features.7", "conv4": "features.9", "conv5": "features.11", "pool5": "features.12",
+             "fc6": "classifier.2", "fc7": "classifier.5"}
 
     def __init__(self):
         super().__init__()
@@ -134,22 +136,28 @@ class TorchvisionAlexNet(nn.Module):
         self.features = reference.features
         self.avgpool = reference.avgpool
         self.classifier = nn.Sequential(*list(reference.classifier)[:6])
+        self._extractors: dict[tuple[str, ...], nn.Module] = {}
+
+    def _extractor(self, layers: tuple[str, ...]) -> nn.Module:
+        """A torchvision feature extractor for these layers, sharing this module's parameters (cached;
+        the graph stops after the last layer asked)."""
+        if layers not in self._extractors:
+            from torchvision.models import AlexNet
+            from torchvision.models.feature_extraction import create_feature_extractor
+
+            shell = AlexNet()
+            shell.features, shell.avgpool, shell.classifier = self.features, self.avgpool, self.classifier
+            # kept out of the module tree: the extractor only points at this module's own layers
+            object.__setattr__(self, "_extractors", {**self._extractors, layers: create_feature_extractor(
+                shell, return_nodes={self.NODES[name]: name for name in layers})})
+        extractor = self._extractors[layers]
+        extractor.train(self.training)
+        return extractor
 
     def activations(self, x: torch.Tensor, layers=LAYERS) -> dict[str, torch.Tensor]:
         """x (B, 3, H, W) normalised RGB -> {name: activation} (after ReLU for conv/fc layers)."""
         wanted = check_layers(layers)
-        out = {}
-        h = x
-        for i, module in enumerate(self.features):
-            h = module(h)
-            out.update({name: h for name, j in self.FEATURE_OUTPUTS.items() if j == i and name in wanted})
-            if len(out) == len(wanted):
-                return out
-        h = torch.flatten(self.avgpool(h), 1)
-        for i, module in enumerate(self.classifier):
-            h = module(h)
-            out.update({name: h for name, j in self.CLASSIFIER_OUTPUTS.items() if j == i and name in wanted})
-        return out
+        return self._extractor(tuple(name for name in LAYERS if name in wanted))(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activations(x, ("fc7",))["fc7"]
