@@ -96,15 +96,15 @@ def train_supervised_trunk(root, steps: int, seed: int = 0):
     from torch.utils.data import DataLoader
     from torchvision import transforms
 
-    from cpfs_bench.evaluate.datasets import imagenet_samples
-    from cpfs_bench.evaluate.linear_probe import ImageFolderDataset
     from cpfs_bench.bench.checkpoint import MEAN, STD
+    from cpfs_bench.evaluate.datasets import imagenet_folder
 
     torch.manual_seed(seed)
-    samples, classes = imagenet_samples(root, "train")
     transform = transforms.Compose([transforms.RandomResizedCrop(128, scale=(0.5, 1)), transforms.RandomHorizontalFlip(),
                                     transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
-    loader = DataLoader(ImageFolderDataset(samples, transform), batch_size=32, shuffle=True, drop_last=True)
+    dataset = imagenet_folder(root, "train", transform)
+    classes = dataset.classes
+    loader = DataLoader(dataset, batch_size=32, shuffle=True, drop_last=True)
     trunk, head = build_trunk("caffenet_bn").train(), torch.nn.Linear(256, len(classes))
     optimizer = torch.optim.Adam([*trunk.parameters(), *head.parameters()], lr=1e-3)
     step = 0
@@ -280,6 +280,13 @@ def test_checkpoint_formats(tmp_path):
     with pytest.raises(CheckpointError, match=r"odd.pt: holds a dict whose keys are \['weights'\]; expected a "
                                               r"cpfs-bench checkpoint .* or a trunk's state_dict"):
         load_trunk(tmp_path / "odd.pt")
+
+
+def test_trainable_trunk_for_fine_tuning(random_ckpt):
+    trunk, info = load_trunk(random_ckpt, frozen=False)
+    assert trunk.training and all(p.requires_grad for p in trunk.parameters()) and info["arch"] == "caffenet_bn"
+    frozen, _ = load_trunk(random_ckpt)
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
 
 
 def test_checkpoint_errors_a_user_can_act_on(tmp_path):

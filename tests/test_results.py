@@ -304,7 +304,7 @@ def test_render_terminal_table(records):
     assert "  [a] krahenbuhl16-voc07-cls (deviations: iters=1000)" in lines
     assert "  [b] fast_rcnn & co #1" in lines and "  [c] fcn32s_voc12" in lines
     assert "99.0" not in text and "77.0" not in text and "58.0" not in text
-    assert "Runs (the checkpoint each row evaluated):" in lines
+    assert "Runs (" not in text  # hand-made records name no checkpoint to list
 
     t2 = render(records, 2, "table")
     assert t2.startswith("Table 2: ImageNet linear probes, top-1 % per layer\n")

@@ -1,6 +1,7 @@
 """VOC07 per-layer linear SVMs (evaluate/voc07_svm.py): the SVM stage against an independent
 scikit-learn pipeline, end to end on a tiny VOC world (records, feature cache), and bad input."""
 import json
+from dataclasses import replace
 import math
 
 import numpy as np
@@ -148,6 +149,16 @@ def test_end_to_end_records_and_feature_cache(tiny, tmp_path, capsys):
     cached = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
     assert cached == ["conv1.npy", "conv1.npy", "conv5.npy", "conv5.npy", "key.json", "key.json"]  # no temp files
 
+    assert records[0]["dataset_info"] == {"name": "embedded voc", "classes": 20, "split": "test",
+                                          "images": records[0]["extra"]["test_images"], "embedded": True}
+    assert records[0]["run"] == ckpt.stem
+
+    # a preset never overrides costs the user gave; every difference from the protocol is recorded
+    typed = run(replace(cfg, preset="smoke"), progress=False, explicit={"costs"})
+    assert typed["deviations"] == {"costs": [0.1, 1.0], "preset": "smoke"}
+    untyped = run(replace(cfg, preset="smoke", layers=("conv1",)), progress=False)
+    assert untyped["deviations"] == {"costs": [0.01, 0.1, 1.0, 10.0], "preset": "smoke"}
+
     second = run(cfg, progress=False)
     assert second["cache_hit"] and all(all(h.values()) for h in second["cache_hits"].values())
     assert "feature cache hit" in capsys.readouterr().err
@@ -156,7 +167,7 @@ def test_end_to_end_records_and_feature_cache(tiny, tmp_path, capsys):
         assert second["layers"][layer]["best_cost"] == first["layers"][layer]["best_cost"]
         np.testing.assert_array_equal(list(second["layers"][layer]["ap"].values()),
                                       list(first["layers"][layer]["ap"].values()))
-    assert len(read_records(tmp_path / "records.jsonl")) == 4
+    assert len(read_records(tmp_path / "records.jsonl")) == 2 + 2 + 1 + 2
 
 
 def test_bad_input(tiny, tmp_path):
