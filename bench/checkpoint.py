@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from cpfs_bench.bench.files import atomic_write
 
 FORMAT = "cpfs-bench-checkpoint"

@@ -12,7 +12,6 @@ from dataclasses import MISSING, fields
 
 import click
 from click.core import ParameterSource
-
 from cpfs_bench.pretrain.flow import METHODS
 from cpfs_bench.pretrain.losses import LOSSES
 

@@ -24,18 +24,17 @@ import signal
 import time
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from cpfs_bench.bench.checkpoint import CheckpointError
 from cpfs_bench.bench.files import atomic_write_json
+from tqdm import tqdm
 
 SCHEDULES = ("cosine", "step", "constant")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str):
     """"auto" -> cuda when available, else cpu; "cpu", "cuda", "cuda:N" as given (ValueError when
-    CUDA is asked for and absent)."""
+    CUDA is asked for and absent). Returns a torch.device."""
+    import torch  # here, not at the top: SVM worker processes import this module and need no torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -46,7 +45,7 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"--device {name!r}: {e}; use auto, cpu or cuda[:N]") from None
 
 
-def loader_workers(requested: int | None, device: torch.device) -> int:
+def loader_workers(requested: int | None, device) -> int:
     """Data-loading processes: as requested, else 0 on CPU (the cores are busy with the model) and
     min(8, cores) on CUDA (the GPU must not wait for decoding)."""
     if requested is not None:
@@ -95,11 +94,15 @@ class RunFolder:
                                   f"`{self.resume_command()}` or choose another --out")
         if resume:
             if not self.last.exists():
+                from cpfs_bench.bench.checkpoint import CheckpointError
+
                 raise CheckpointError(f"--resume: {self.last} does not exist (nothing to resume in {self.out})")
             if self.config_path.exists():
                 saved = json.loads(self.config_path.read_text())["config"]
                 clash = {k: (saved.get(k), config.get(k)) for k in must_match if saved.get(k) != config.get(k)}
                 if clash:
+                    from cpfs_bench.bench.checkpoint import CheckpointError
+
                     described = "; ".join(f"{k}: run has {a!r}, asked {b!r}" for k, (a, b) in clash.items())
                     raise CheckpointError(f"{self.out}: cannot resume, the run was started with other settings "
                                           f"({described}); rerun it as `{self.resume_command()}` or choose another --out")

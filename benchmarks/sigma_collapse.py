@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from cpfs_bench.pretrain.train import PretrainConfig, run
 
 

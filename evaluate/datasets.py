@@ -10,9 +10,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette  # noqa: F401 (part of this module's API)
+from PIL import Image
 
 IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp")

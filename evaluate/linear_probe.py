@@ -20,17 +20,36 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader
-
 from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from cpfs_bench.bench.config import protocol_values, resolve
-from cpfs_bench.bench.runs import (JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device,
-                                   scheduled_lr)
-from cpfs_bench.evaluate.backbone import (assert_trunk_unchanged, default_method_name, default_run_name,
-                                          evaluation_folder, load_trunk, trunk_fingerprint)
+from cpfs_bench.bench.runs import (
+    JsonlLog,
+    RunFolder,
+    StopRequests,
+    loader_workers,
+    progress_bar,
+    resolve_device,
+    scheduled_lr,
+)
+from cpfs_bench.evaluate.backbone import (
+    assert_trunk_unchanged,
+    default_method_name,
+    default_run_name,
+    evaluation_folder,
+    load_trunk,
+    trunk_fingerprint,
+)
 from cpfs_bench.evaluate.datasets import imagenet_folder
-from cpfs_bench.evaluate.features import POOLINGS, PROBE_LAYERS, eval_transform, pooled_dims, pooled_features, train_transform
+from cpfs_bench.evaluate.features import (
+    POOLINGS,
+    PROBE_LAYERS,
+    eval_transform,
+    pooled_dims,
+    pooled_features,
+    train_transform,
+)
+from torch import nn
+from torch.utils.data import DataLoader
 
 PROTOCOL = "fair-imagenet-linear-probe"
 # the embedded world is tiny: a short run that still shows the layer trend; never overrides what the

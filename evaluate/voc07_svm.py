@@ -57,18 +57,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from cpfs_bench.bench.files import atomic_write_bytes
+from cpfs_bench.bench.parallel import worker_count
+from cpfs_bench.bench.runs import progress_bar
+from cpfs_bench.evaluate.datasets import VOC_CLASSES, voc_classification_labels, voc_image_path, voc_year_dir
+from cpfs_bench.evaluate.metrics import classification_ap
 from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
-
-from cpfs_bench.bench.parallel import worker_count
-from cpfs_bench.evaluate.datasets import VOC_CLASSES, voc_classification_labels, voc_image_path, voc_year_dir
-from cpfs_bench.evaluate.metrics import classification_ap
-from cpfs_bench.bench.files import atomic_write_bytes
 
 # torch (through evaluate.features) is imported only where features are extracted: the SVM worker
 # processes import this module, and torch + torchvision would add seconds to each one's start-up.
@@ -196,10 +195,9 @@ def extract_split(trunk, info: dict, voc, split: str, layers, pooling: str, fold
     """Pool `layers` for every image of VOC2007 `split` and write <folder>/<layer>.npy atomically
     (temporary file + os.replace). Returns {layer: float32 (N, D) memory-mapped array}."""
     import torch
-    from torch.utils.data import DataLoader
-
     from cpfs_bench.evaluate.datasets import VOCClassification
     from cpfs_bench.evaluate.features import eval_transform, pooled_features
+    from torch.utils.data import DataLoader
 
     dataset = VOCClassification(voc, YEAR, split, transform=eval_transform(info["mean"], info["std"], RESIZE, CROP))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=loader_workers)
@@ -208,7 +206,7 @@ def extract_split(trunk, info: dict, voc, split: str, layers, pooling: str, fold
     out: dict[str, np.ndarray] = {}
     try:
         row = 0
-        bar = tqdm(loader, desc=f"features VOC2007 {split}", unit="batch", disable=not progress)
+        bar = progress_bar(loader, desc=f"features VOC2007 {split}", unit="batch", disable=not progress)
         with torch.no_grad():
             for images, _ in bar:
                 pooled = pooled_features(trunk, images.to(device), layers, pooling)  # one forward, all layers
@@ -321,7 +319,7 @@ def _file_backed(x: np.ndarray, folder: str, name: str) -> np.ndarray:
 
 def _run_jobs(parallel, jobs: list, progress: bool, desc: str) -> list:
     results = parallel(jobs)
-    return list(tqdm(results, total=len(jobs), desc=desc, unit="fit", leave=False, disable=not progress))
+    return list(progress_bar(results, total=len(jobs), desc=desc, unit="fit", leave=False, disable=not progress))
 
 
 def svm_layer(train_x, train_labels, test_x, test_labels, costs=GOYAL19_COSTS, folds: int = 3, workers: int = 0,
@@ -416,8 +414,13 @@ def run(cfg: SVMConfig, progress: bool = True, explicit=()) -> dict:
     from cpfs_bench.bench.config import protocol_values, resolve
     from cpfs_bench.bench.paths import bench_home
     from cpfs_bench.bench.runs import resolve_device
-    from cpfs_bench.evaluate.backbone import (assert_trunk_unchanged, default_method_name, default_run_name, load_trunk,
-                                              trunk_fingerprint)
+    from cpfs_bench.evaluate.backbone import (
+        assert_trunk_unchanged,
+        default_method_name,
+        default_run_name,
+        load_trunk,
+        trunk_fingerprint,
+    )
     from cpfs_bench.evaluate.default_data import describe_dataset
     from cpfs_bench.results.store import append_records, default_store, make_record
 

@@ -24,11 +24,10 @@ from typing import Iterator
 
 import cv2
 import numpy as np
-from tqdm import tqdm
-
-from cpfs_bench.bench.parallel import parallel_map, worker_count
 from cpfs_bench.bench.files import atomic_write_bytes
 from cpfs_bench.bench.flowio import encode_flow_png, flow_to_image
+from cpfs_bench.bench.parallel import parallel_map, worker_count
+from cpfs_bench.bench.runs import progress_bar
 from cpfs_bench.pretrain.flow import METHODS, make_flow_estimator
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -278,7 +277,7 @@ def extract_flow(config: FlowConfig, progress: bool = True) -> dict:
     start = time.perf_counter()
     jobs = [(s, out, config, threads) for s in todo]
     pairs = 0
-    bar = tqdm(parallel_map(_worker, jobs, workers, ordered=False), total=len(todo), desc="flow", unit="video",
+    bar = progress_bar(parallel_map(_worker, jobs, workers, ordered=False), total=len(todo), desc="flow", unit="video",
                disable=not progress)
     for source, meta, error in bar:
         if error is None:
@@ -286,11 +285,11 @@ def extract_flow(config: FlowConfig, progress: bool = True) -> dict:
             pairs += meta["pairs"]
             if meta["partial"]:
                 partial.append((source, meta["partial"]))
-                tqdm.write(f"partial: {source.path}: kept frames 0..{meta['frames'] - 1}; "
+                bar.write(f"partial: {source.path}: kept frames 0..{meta['frames'] - 1}; "
                            f"{meta['partial']['error']}", file=sys.stderr)
         else:
             failures.append((source, error))
-            tqdm.write(f"failed: {source.path}: {error}", file=sys.stderr)
+            bar.write(f"failed: {source.path}: {error}", file=sys.stderr)
         bar.set_postfix(pairs_per_s=f"{pairs / max(time.perf_counter() - start, 1e-9):.0f}")
     lines = [f"{s.name}\t{s.path}\tfailed: {err}" for s, err in failures]
     lines += [f"{s.name}\t{s.path}\tpartial: decoding stopped at frame {p['stopped_at_frame']}; the frames before it "

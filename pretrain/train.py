@@ -8,19 +8,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-
 from cpfs_bench.bench.checkpoint import MEAN, STD, load_checkpoint, save_checkpoint, set_rng_state
 from cpfs_bench.bench.config import resolve
 from cpfs_bench.bench.flowio import read_flow_png
-from cpfs_bench.bench.runs import (SCHEDULES, JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar,
-                                   resolve_device, scheduled_lr)
+from cpfs_bench.bench.runs import (
+    SCHEDULES,
+    JsonlLog,
+    RunFolder,
+    StopRequests,
+    loader_workers,
+    progress_bar,
+    resolve_device,
+    scheduled_lr,
+)
 from cpfs_bench.pretrain.alexnet import ARCHITECTURES, build_trunk
 from cpfs_bench.pretrain.curves import plot_training_log
 from cpfs_bench.pretrain.data import FlowFrames, StepBatchSampler
 from cpfs_bench.pretrain.head import SOURCES, HypercolumnHead, sample_pixel_positions
-from cpfs_bench.pretrain.losses import (LOSSES, Sigma, cpfs_loss, direct_cls_loss, fit_flow_codebook,
-                                        mean_pairwise_cosine, squash_flow, target_entropy)
+from cpfs_bench.pretrain.losses import (
+    LOSSES,
+    Sigma,
+    cpfs_loss,
+    direct_cls_loss,
+    fit_flow_codebook,
+    mean_pairwise_cosine,
+    squash_flow,
+    target_entropy,
+)
+from torch.utils.data import DataLoader
 
 # a resumed run must agree on these: they define the model, the objective or the data order
 RESUME_MUST_MATCH = ("loss", "data", "arch", "batch_size", "pixels", "hidden", "embed_dim", "classes", "optimizer",

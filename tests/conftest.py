@@ -1,5 +1,4 @@
 import pytest
-
 from cpfs_bench.bench.world.videos import VideoWorldConfig, write_video_world
 from cpfs_bench.pretrain.extract import FlowConfig, extract_flow
 

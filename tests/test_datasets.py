@@ -6,14 +6,25 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
-
 from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
 from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
-from cpfs_bench.evaluate.datasets import (VOC_CLASSES, DatasetFormatError, imagenet_samples, parse_voc_xml, read_id_list,
-                               read_sbd_segmentation, read_segmentation_mask, sbd_dir, sbd_ids,
-                               voc_classification_labels, voc_detection_annotations, voc_image_path,
-                               voc_segmentation_ids, voc_year_dir)
+from cpfs_bench.evaluate.datasets import (
+    VOC_CLASSES,
+    DatasetFormatError,
+    imagenet_samples,
+    parse_voc_xml,
+    read_id_list,
+    read_sbd_segmentation,
+    read_segmentation_mask,
+    sbd_dir,
+    sbd_ids,
+    voc_classification_labels,
+    voc_detection_annotations,
+    voc_image_path,
+    voc_segmentation_ids,
+    voc_year_dir,
+)
+from PIL import Image
 
 
 @pytest.fixture(scope="module")

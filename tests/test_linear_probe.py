@@ -3,12 +3,10 @@ import copy
 import hashlib
 import json
 import math
-
 from pathlib import Path
 
 import pytest
 import torch
-
 from cpfs_bench.bench.checkpoint import CheckpointError, save_checkpoint
 from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
 from cpfs_bench.evaluate.backbone import assert_trunk_unchanged, load_trunk, trunk_fingerprint
@@ -93,11 +91,10 @@ def train_supervised_trunk(root, steps: int, seed: int = 0):
     """CaffeNet-BN trained on the world's train split with labels: global-average-pooled conv5 -> linear,
     Adam 1e-3, batch 32, 128-px random-resized crops (small, so the test stays short; the convolutions
     do not care about the input size)."""
-    from torch.utils.data import DataLoader
-    from torchvision import transforms
-
     from cpfs_bench.bench.checkpoint import MEAN, STD
     from cpfs_bench.evaluate.datasets import imagenet_folder
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
 
     torch.manual_seed(seed)
     transform = transforms.Compose([transforms.RandomResizedCrop(128, scale=(0.5, 1)), transforms.RandomHorizontalFlip(),

@@ -4,9 +4,15 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from cpfs_bench.pretrain.losses import (cpfs_loss, direct_cls_loss, fit_flow_codebook, flow_kernel, kernel_target_alignment,
-                             quantize_flow, squash_flow)
+from cpfs_bench.pretrain.losses import (
+    cpfs_loss,
+    direct_cls_loss,
+    fit_flow_codebook,
+    flow_kernel,
+    kernel_target_alignment,
+    quantize_flow,
+    squash_flow,
+)
 
 
 def reference_loss(emb, flow, sigma, kind):

@@ -12,11 +12,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from cpfs_bench.results import store
 from cpfs_bench.results.plots import plot_linear_probes
-from cpfs_bench.results.store import (FIELDS, RECORD_VERSION, append_records, default_store, make_record, read_records,
-                           sha256_file)
+from cpfs_bench.results.store import (
+    FIELDS,
+    RECORD_VERSION,
+    append_records,
+    default_store,
+    make_record,
+    read_records,
+    sha256_file,
+)
 from cpfs_bench.results.tables import build_table, latex_escape, load_paper_tables, render
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)

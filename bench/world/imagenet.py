@@ -12,9 +12,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
-
 from cpfs_bench.bench.parallel import parallel_map, worker_count
+from cpfs_bench.bench.runs import progress_bar
 from cpfs_bench.bench.world.objects import background, class_appearance, object_mask, object_texture
 
 # offset so the ImageNet world's classes look different from the VOC world's 20
@@ -74,7 +73,7 @@ def write_imagenet_world(cfg: ImageNetWorldConfig, progress: bool = True) -> Pat
                     val_counter += 1
                     name = f"ILSVRC2012_val_{val_counter:08d}.JPEG"
                 jobs.append((cfg, split, k, i, str(folder / name)))
-    for _ in tqdm(parallel_map(write_one, jobs, worker_count(cfg.workers, len(jobs)), ordered=False, chunksize=16),
+    for _ in progress_bar(parallel_map(write_one, jobs, worker_count(cfg.workers, len(jobs)), ordered=False, chunksize=16),
                   total=len(jobs), desc="world imagenet", unit="image", disable=not progress):
         pass
     (out / "world.json").write_text(json.dumps({"kind": "imagenet", "config": asdict(cfg),

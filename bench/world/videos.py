@@ -21,10 +21,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
-
-from cpfs_bench.bench.parallel import parallel_map, worker_count
 from cpfs_bench.bench.flowio import flow_to_image, write_flow_png
+from cpfs_bench.bench.parallel import parallel_map, worker_count
+from cpfs_bench.bench.runs import progress_bar
 
 
 @dataclass
@@ -195,7 +194,7 @@ def write_video_world(cfg: VideoWorldConfig, progress: bool = True) -> Path:
     (out / "videos").mkdir(parents=True, exist_ok=True)
     (out / "previews").mkdir(exist_ok=True)
     jobs = [(i, cfg) for i in range(cfg.clips)]
-    clips = list(tqdm(parallel_map(write_clip, jobs, worker_count(cfg.workers, len(jobs))), total=len(jobs),
+    clips = list(progress_bar(parallel_map(write_clip, jobs, worker_count(cfg.workers, len(jobs))), total=len(jobs),
                       desc="world videos", unit="clip", disable=not progress))
     (out / "world.json").write_text(json.dumps({"kind": "videos", "config": asdict(cfg), "clips": clips}, indent=1))
     return out

@@ -27,12 +27,11 @@ from xml.sax.saxutils import escape
 
 import cv2
 import numpy as np
-from PIL import Image
-from tqdm import tqdm
-
 from cpfs_bench.bench.parallel import parallel_map, worker_count
-from cpfs_bench.bench.world.objects import background, class_appearance, object_mask, object_texture
+from cpfs_bench.bench.runs import progress_bar
 from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette
+from cpfs_bench.bench.world.objects import background, class_appearance, object_mask, object_texture
+from PIL import Image
 
 POSES = ("Left", "Right", "Frontal", "Rear", "Unspecified")
 BORDER_KERNEL = np.ones((5, 5), np.uint8)
@@ -229,7 +228,7 @@ def write_voc_world(cfg: VOCWorldConfig, progress: bool = True) -> Path:
 
     jobs = [(cfg, "2007", i, i in seg07, False) for i in ids07] + [(cfg, "2012", i, i in seg12, i in in_sbd) for i in ids12]
     records = {}
-    for rec in tqdm(parallel_map(write_image, jobs, worker_count(cfg.workers, len(jobs)), chunksize=8),
+    for rec in progress_bar(parallel_map(write_image, jobs, worker_count(cfg.workers, len(jobs)), chunksize=8),
                     total=len(jobs), desc="world voc", unit="image", disable=not progress):
         records[(rec["year"], rec["id"])] = rec
 
