@@ -261,8 +261,10 @@ def extract_flow(config: FlowConfig, progress: bool = True) -> dict:
     clashes = []
     for s in sources:
         meta = finished_meta(out, s.name)
-        if meta is not None and settings_of(meta) != asked:
-            clashes.append(f"{s.name} ({', '.join(f'{k}: {settings_of(meta)[k]!r} there, {asked[k]!r} asked' for k in SETTINGS if settings_of(meta)[k] != asked[k])})")
+        there = settings_of(meta) if meta is not None else asked
+        differences = [f"{k}: {there[k]!r} there, {asked[k]!r} asked" for k in SETTINGS if there[k] != asked[k]]
+        if differences:
+            clashes.append(f"{s.name} ({', '.join(differences)})")
     if clashes:
         raise ValueError(f"{out} already holds videos extracted with other settings: {'; '.join(clashes[:5])}"
                          f"{' ...' if len(clashes) > 5 else ''}; use another --out or the same settings")

@@ -1,9 +1,13 @@
-"""The paper's Tables 1 and 2 with our numbers underneath, as terminal text, Markdown, LaTeX or CSV.
+"""The paper's Tables 1 and 2 (and the VOC07 SVM table) with our numbers underneath, as terminal
+text, Markdown, LaTeX or CSV.
 
 Rows: the paper's published rows first (`source` "paper", with its block, method, supervision and
-[ref]), then ours (`source` "ours", block "cpfs-bench"), one row per method, in the order in which
-each method first appears in the records. When several records exist for the same (method, task,
-metric, layer), the latest by `time` wins (ties: the later one in the list).
+[ref]), then ours (`source` "ours"), one row per (dataset block, run, method), in the order in which
+each first appears in the records. Our rows measured on the paper's evaluation set (PAPER_DATASETS,
+from the record's dataset_info) form block "cpfs-bench"; every other dataset (the embedded world, a
+subset) forms a block of its own, titled with the dataset and "not comparable with the published
+rows", after it. When several records exist for the same (block, run, method, task, metric, layer),
+the latest by `time` wins (ties: the later one in the list).
 
 Which records fill which column:
 
@@ -11,6 +15,9 @@ Which records fill which column:
              "Det."  voc07_det  mAP   layer None
              "Seg."  voc12_seg  mIoU  layer None
     Table 2  "conv1".."conv5"   imagenet_linear  top1  layer "conv1".."conv5"
+    "svm"    "conv1".."conv5"   voc07_svm  mAP  layer "conv1".."conv5" (no paper rows)
+
+Under the protocol legend, a run legend names each run's checkpoint (sha256 prefix, step, path).
 
 Protocol convention: every one of our cells carries a letter in square brackets, "65.3 [a]"; a legend
 under the table maps each letter to a protocol name plus its deviations, e.g.
