@@ -159,13 +159,20 @@ def world_imagenet(**kw):
                f"images to {root}")
 
 
+def _flow_config():
+    from cpfs_bench.pretrain.extract import FlowConfig
+
+    return FlowConfig
+
+
 @main.command("flow", short_help="Frames and optical flow (KITTI PNG) of videos.")
 @click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--method", type=click.Choice(METHODS), default="dis-medium", show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default=defaults_of(_flow_config())["method"], show_default=True)
 @click.option("--resize", nargs=2, type=POSITIVE, default=None, metavar="H W", help="Resize frames first.")
-@click.option("--stride", type=POSITIVE, default=1, show_default=True, help="Keep every k-th frame.")
-@click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True,
+@click.option("--stride", type=POSITIVE, default=defaults_of(_flow_config())["stride"], show_default=True,
+              help="Keep every k-th frame.")
+@click.option("--workers", type=NON_NEGATIVE, default=defaults_of(_flow_config())["workers"], show_default=True,
               help="Processes (one video each); 0 = every core.")
 @click.option("--max-frames", type=POSITIVE, default=None, help="Stop each video after this many kept frames.")
 @fails_cleanly
@@ -303,7 +310,7 @@ CKPT_HELP = "cpfs-bench checkpoint (final.pt of a run), or a plain CaffeNet or t
               help="smoke: 3 epochs, batch 32 (the embedded world's default); options you type win; recorded "
                    "as deviations.")
 @click.option("--seed", type=int, default=defaults_of(_probe_config())["seed"], show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--device", default=defaults_of(_probe_config())["device"], show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--workers", type=NON_NEGATIVE, default=None, help="Data-loading processes [0 on CPU, 8 on CUDA].")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Probe run folder [runs/linear-probe-<run>-<checkpoint sha>].")
@@ -347,13 +354,14 @@ def _svm_config():
               help="Comma-separated C sweep [Goyal et al.'s 26 costs; smoke preset: 0.01,0.1,1,10].")
 @click.option("--preset", type=click.Choice(["smoke"]), default=None,
               help="smoke: 4 costs only, a quick look; --costs typed here wins; recorded as a deviation.")
-@click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True, help="SVM processes; 0 = every core.")
+@click.option("--workers", type=NON_NEGATIVE, default=defaults_of(_svm_config())["workers"], show_default=True,
+              help="SVM processes; 0 = every core.")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Feature cache [$CPFS_BENCH_HOME/cache/features].")
 @click.option("--store", type=click.Path(dir_okay=False), default=None, help="Results records file.")
 @click.option("--method", default=None, help="Method name in the tables [from the checkpoint].")
 @click.option("--name", default=None, help="Run name, a table row of its own [the checkpoint's run folder].")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--device", default=defaults_of(_svm_config())["device"], show_default=True, help="auto, cpu or cuda[:N].")
 @fails_cleanly
 def eval_voc07_svm(**kw):
     """VOC07 per-layer linear SVMs (Goyal et al. 2019): pooled conv1..conv5 features of trainval/test
