@@ -41,6 +41,8 @@ def plot_training_log(log_path, png_path, title: str = "") -> Path:
             ax.plot(steps, values, color=colour)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
+            if np.ptp(values) == 0:
+                label = f"{label} (fixed at {values[0]:.4g})"
         else:
             _smoothed(ax, steps, values, key, colour)
         ax.set_title(label, fontsize=9)
