@@ -413,3 +413,14 @@ def test_runs_get_rows_of_their_own_and_other_datasets_blocks_of_their_own(tmp_p
     # one panel for the paper's dataset, one for the embedded world: twice as wide
     data = plot_linear_probes(recs, tmp_path / "two.png").read_bytes()
     assert struct.unpack(">II", data[16:24]) == (1800, 700)
+
+
+def test_an_embedded_world_is_never_the_papers_dataset_even_at_its_size():
+    from cpfs_bench.results.tables import dataset_block
+
+    rec = on_paper_set(make_record("imagenet_linear", "top1", 30.0, method="m", protocol="p", layer="conv1"))
+    assert dataset_block(rec) == "cpfs-bench"
+    rec["dataset_info"]["embedded"] = True  # a synthetic world as big as ImageNet val
+    assert "synthetic embedded world" in dataset_block(rec) and "not comparable" in dataset_block(rec)
+    rec["dataset_info"].update(embedded=False, images=10_000)  # a real subset
+    assert "not comparable" in dataset_block(rec)
