@@ -12,8 +12,16 @@ from dataclasses import MISSING, fields
 
 import click
 from click.core import ParameterSource
+from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig
+from cpfs_bench.bench.world.videos import VideoWorldConfig
+from cpfs_bench.bench.world.voc import VOCWorldConfig
+from cpfs_bench.evaluate.linear_probe import PRESETS as PROBE_PRESETS
+from cpfs_bench.evaluate.linear_probe import ProbeConfig
+from cpfs_bench.evaluate.voc07_svm import SVMConfig
+from cpfs_bench.pretrain.extract import FlowConfig
 from cpfs_bench.pretrain.flow import METHODS
 from cpfs_bench.pretrain.losses import LOSSES
+from cpfs_bench.pretrain.train import PretrainConfig
 
 POSITIVE = click.IntRange(min=1)
 NON_NEGATIVE = click.IntRange(min=0)
@@ -100,14 +108,8 @@ def _world_options(cls, **extra):
     return wrap
 
 
-def _video_world_config():
-    from cpfs_bench.bench.world.videos import VideoWorldConfig
-
-    return VideoWorldConfig
-
-
 @world.command("videos", short_help="Clips of moving objects with exact flow.")
-@_world_options(_video_world_config(), clips="Clips.", frames="Frames per clip.", height="Frame height.",
+@_world_options(VideoWorldConfig, clips="Clips.", frames="Frames per clip.", height="Frame height.",
                 width="Frame width.")
 @fails_cleanly
 def world_videos(**kw):
@@ -119,14 +121,8 @@ def world_videos(**kw):
     click.echo(f"wrote {kw['clips']} clips x {kw['frames']} frames to {out}/videos, ground-truth flow in {out}/gt_flow")
 
 
-def _voc_world_config():
-    from cpfs_bench.bench.world.voc import VOCWorldConfig
-
-    return VOCWorldConfig
-
-
 @world.command("voc", short_help="VOC2007, VOC2012 and SBD in the devkit layouts.")
-@_world_options(_voc_world_config(), voc07_trainval="VOC2007 trainval images.", voc07_test="VOC2007 test images.",
+@_world_options(VOCWorldConfig, voc07_trainval="VOC2007 trainval images.", voc07_test="VOC2007 test images.",
                 voc12_trainval="VOC2012 trainval images (SBD drawn from them).")
 @fails_cleanly
 def world_voc(**kw):
@@ -140,14 +136,8 @@ def world_voc(**kw):
                f"({kw['voc12_trainval']} trainval) and SBD to {root}")
 
 
-def _imagenet_world_config():
-    from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig
-
-    return ImageNetWorldConfig
-
-
 @world.command("imagenet", short_help="An ImageNet-style class-folder tree.")
-@_world_options(_imagenet_world_config(), classes="Classes.", train_per_class="Training images per class.",
+@_world_options(ImageNetWorldConfig, classes="Classes.", train_per_class="Training images per class.",
                 val_per_class="Validation images per class.", size="Image side in pixels.")
 @fails_cleanly
 def world_imagenet(**kw):
@@ -159,20 +149,14 @@ def world_imagenet(**kw):
                f"images to {root}")
 
 
-def _flow_config():
-    from cpfs_bench.pretrain.extract import FlowConfig
-
-    return FlowConfig
-
-
 @main.command("flow", short_help="Frames and optical flow (KITTI PNG) of videos.")
 @click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--method", type=click.Choice(METHODS), default=defaults_of(_flow_config())["method"], show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default=defaults_of(FlowConfig)["method"], show_default=True)
 @click.option("--resize", nargs=2, type=POSITIVE, default=None, metavar="H W", help="Resize frames first.")
-@click.option("--stride", type=POSITIVE, default=defaults_of(_flow_config())["stride"], show_default=True,
+@click.option("--stride", type=POSITIVE, default=defaults_of(FlowConfig)["stride"], show_default=True,
               help="Keep every k-th frame.")
-@click.option("--workers", type=NON_NEGATIVE, default=defaults_of(_flow_config())["workers"], show_default=True,
+@click.option("--workers", type=NON_NEGATIVE, default=defaults_of(FlowConfig)["workers"], show_default=True,
               help="Processes (one video each); 0 = every core.")
 @click.option("--max-frames", type=POSITIVE, default=None, help="Stop each video after this many kept frames.")
 @fails_cleanly
@@ -195,14 +179,8 @@ def flow_cmd(videos, out, method, resize, stride, workers, max_frames):
         raise click.ClickException(f"no video could be processed (see {s['out']}/failures.txt)")
 
 
-def _pretrain_config():
-    from cpfs_bench.pretrain.train import PretrainConfig
-
-    return PretrainConfig
-
-
 def _pretrain_options(fn):
-    d = defaults_of(_pretrain_config())
+    d = defaults_of(PretrainConfig)
     options = [
         click.option("--loss", type=click.Choice(LOSSES), default=d["loss"], show_default=True),
         click.option("--data", type=click.Path(), default=None,
@@ -273,18 +251,6 @@ def eval_group():
     """Evaluate a checkpoint on a transfer benchmark; every number is appended to the results store."""
 
 
-def _probe_config():
-    from cpfs_bench.evaluate.linear_probe import ProbeConfig
-
-    return ProbeConfig
-
-
-def _probe_presets():
-    from cpfs_bench.evaluate.linear_probe import PRESETS
-
-    return PRESETS
-
-
 def _preset_note(presets, field) -> str:
     notes = [f"{name} preset: {values[field]}" for name, values in presets.items() if field in values]
     return f" [{'; '.join(notes)}]" if notes else ""
@@ -297,20 +263,20 @@ CKPT_HELP = "cpfs-bench checkpoint (final.pt of a run), or a plain CaffeNet or t
 @click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help=CKPT_HELP)
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="ImageNet root (train/<wnid>/, val/<wnid>/). Default: the embedded world, with --preset smoke.")
-@click.option("--layers", default=",".join(defaults_of(_probe_config())["layers"]), show_default=True,
+@click.option("--layers", default=",".join(defaults_of(ProbeConfig)["layers"]), show_default=True,
               callback=comma_list())
-@click.option("--pooling", type=click.Choice(["avg", "bilinear"]), default=defaults_of(_probe_config())["pooling"],
+@click.option("--pooling", type=click.Choice(["avg", "bilinear"]), default=defaults_of(ProbeConfig)["pooling"],
               show_default=True, help="avg = FAIR/VISSL pooling; bilinear = Zhang et al.'s resize.")
-@click.option("--epochs", type=POSITIVE, default=defaults_of(_probe_config())["epochs"], show_default=True,
-              help="The lr drops (8/16/24 of 28) scale with it." + _preset_note(_probe_presets(), "epochs"))
-@click.option("--lr", type=POSITIVE_FLOAT, default=defaults_of(_probe_config())["lr"], show_default=True)
-@click.option("--batch-size", type=POSITIVE, default=defaults_of(_probe_config())["batch_size"], show_default=True,
-              help="Images per step." + _preset_note(_probe_presets(), "batch_size"))
-@click.option("--preset", type=click.Choice(sorted(_probe_presets())), default=None,
+@click.option("--epochs", type=POSITIVE, default=defaults_of(ProbeConfig)["epochs"], show_default=True,
+              help="The lr drops (8/16/24 of 28) scale with it." + _preset_note(PROBE_PRESETS, "epochs"))
+@click.option("--lr", type=POSITIVE_FLOAT, default=defaults_of(ProbeConfig)["lr"], show_default=True)
+@click.option("--batch-size", type=POSITIVE, default=defaults_of(ProbeConfig)["batch_size"], show_default=True,
+              help="Images per step." + _preset_note(PROBE_PRESETS, "batch_size"))
+@click.option("--preset", type=click.Choice(sorted(PROBE_PRESETS)), default=None,
               help="smoke: 3 epochs, batch 32 (the embedded world's default); options you type win; recorded "
                    "as deviations.")
-@click.option("--seed", type=int, default=defaults_of(_probe_config())["seed"], show_default=True)
-@click.option("--device", default=defaults_of(_probe_config())["device"], show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--seed", type=int, default=defaults_of(ProbeConfig)["seed"], show_default=True)
+@click.option("--device", default=defaults_of(ProbeConfig)["device"], show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--workers", type=NON_NEGATIVE, default=None, help="Data-loading processes [0 on CPU, 8 on CUDA].")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Probe run folder [runs/linear-probe-<run>-<checkpoint sha>].")
@@ -336,32 +302,26 @@ def eval_linear_probe(config_file, **kw):
     click.echo(f"per-layer plot: {s['figure']}; training log: {s['log']}")
 
 
-def _svm_config():
-    from cpfs_bench.evaluate.voc07_svm import SVMConfig
-
-    return SVMConfig
-
-
 @eval_group.command("voc07-svm", short_help="VOC07 per-layer linear SVMs (Goyal et al.).")
 @click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help=CKPT_HELP)
 @click.option("--voc", type=click.Path(file_okay=False), default=None,
               help="VOCdevkit root (or its parent). Default: the embedded world.")
-@click.option("--layers", default=",".join(defaults_of(_svm_config())["layers"]), show_default=True,
+@click.option("--layers", default=",".join(defaults_of(SVMConfig)["layers"]), show_default=True,
               callback=comma_list())
-@click.option("--pooling", type=click.Choice(["avg", "bilinear"]), default=defaults_of(_svm_config())["pooling"],
+@click.option("--pooling", type=click.Choice(["avg", "bilinear"]), default=defaults_of(SVMConfig)["pooling"],
               show_default=True)
 @click.option("--costs", default=None, callback=comma_list(float),
               help="Comma-separated C sweep [Goyal et al.'s 26 costs; smoke preset: 0.01,0.1,1,10].")
 @click.option("--preset", type=click.Choice(["smoke"]), default=None,
               help="smoke: 4 costs only, a quick look; --costs typed here wins; recorded as a deviation.")
-@click.option("--workers", type=NON_NEGATIVE, default=defaults_of(_svm_config())["workers"], show_default=True,
+@click.option("--workers", type=NON_NEGATIVE, default=defaults_of(SVMConfig)["workers"], show_default=True,
               help="SVM processes; 0 = every core.")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Feature cache [$CPFS_BENCH_HOME/cache/features].")
 @click.option("--store", type=click.Path(dir_okay=False), default=None, help="Results records file.")
 @click.option("--method", default=None, help="Method name in the tables [from the checkpoint].")
 @click.option("--name", default=None, help="Run name, a table row of its own [the checkpoint's run folder].")
-@click.option("--device", default=defaults_of(_svm_config())["device"], show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--device", default=defaults_of(SVMConfig)["device"], show_default=True, help="auto, cpu or cuda[:N].")
 @fails_cleanly
 def eval_voc07_svm(**kw):
     """VOC07 per-layer linear SVMs (Goyal et al. 2019): pooled conv1..conv5 features of trainval/test
