@@ -12,6 +12,8 @@ from dataclasses import MISSING, fields
 
 import click
 from click.core import ParameterSource
+from cpfs_bench.baselines.supervised import PRESETS as SUPERVISED_PRESETS
+from cpfs_bench.baselines.supervised import SupervisedConfig
 from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig
 from cpfs_bench.bench.world.videos import VideoWorldConfig
 from cpfs_bench.bench.world.voc import VOCWorldConfig
@@ -26,6 +28,11 @@ from cpfs_bench.pretrain.train import PretrainConfig
 POSITIVE = click.IntRange(min=1)
 NON_NEGATIVE = click.IntRange(min=0)
 POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
+
+
+def _preset_note(presets, field) -> str:
+    notes = [f"{name} preset: {values[field]}" for name, values in presets.items() if field in values]
+    return f" [{'; '.join(notes)}]" if notes else ""
 
 
 def fails_cleanly(fn):
@@ -142,7 +149,7 @@ def world_voc(**kw):
 @fails_cleanly
 def world_imagenet(**kw):
     """An ImageNet-style class-folder tree: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG."""
-    from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
+    from cpfs_bench.bench.world.imagenet import write_imagenet_world
 
     root = write_imagenet_world(ImageNetWorldConfig(**kw))
     click.echo(f"wrote {kw['classes']} classes x ({kw['train_per_class']} train + {kw['val_per_class']} val) "
@@ -246,14 +253,69 @@ def pretrain_cmd(config_file, **kw):
                f"{s['last_loss']:.4f} in {s['seconds']:.0f}s on {s['device']}; checkpoint {s['checkpoint']}")
 
 
+@main.group(short_help="Baseline checkpoints: random init, supervised.")
+def baseline():
+    """Write baseline checkpoints in the project's format, accepted by every evaluation; their
+    records carry the baseline's name as method."""
+
+
+@baseline.command("random", short_help="A seeded random initialisation.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
+@click.option("--arch", type=click.Choice(["caffenet_bn", "caffenet"]), default="caffenet_bn", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@fails_cleanly
+def baseline_random(out, arch, seed):
+    """The project's initialisation of the trunk (Kaiming normal, zero biases), seeded: the same seed
+    writes the same weights."""
+    from cpfs_bench.baselines.random_init import write_random_checkpoint
+
+    path = write_random_checkpoint(out, arch, seed)
+    click.echo(f"baseline random ({arch}, seed {seed}): checkpoint {path}")
+
+
+def _supervised_option(name, **kw):
+    d = defaults_of(SupervisedConfig)
+    note = _preset_note(SUPERVISED_PRESETS, name.replace("-", "_"))
+    return click.option(f"--{name}", default=d[name.replace("-", "_")], show_default=True,
+                        help=kw.pop("help", "") + note, **kw)
+
+
+@baseline.command("supervised", short_help="Supervised training on an ImageNet-style folder.")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="ImageNet-layout root (train/<wnid>/, val/<wnid>/). Default: the embedded world, --preset smoke.")
+@click.option("--out", type=click.Path(file_okay=False), default=defaults_of(SupervisedConfig)["out"],
+              show_default=True, help="Run folder; the checkpoint to evaluate is OUT/final.pt.")
+@click.option("--arch", type=click.Choice(["caffenet_bn", "caffenet"]), default=defaults_of(SupervisedConfig)["arch"],
+              show_default=True)
+@_supervised_option("epochs", type=POSITIVE)
+@_supervised_option("batch-size", type=POSITIVE)
+@_supervised_option("lr", type=POSITIVE_FLOAT)
+@_supervised_option("lr-step", type=POSITIVE, help="Epochs between lr drops (x0.1).")
+@click.option("--preset", type=click.Choice(sorted(SUPERVISED_PRESETS)), default=None,
+              help="smoke: a short run for the embedded world (its default); options you type win; recorded.")
+@click.option("--seed", type=int, default=defaults_of(SupervisedConfig)["seed"], show_default=True)
+@click.option("--device", default=defaults_of(SupervisedConfig)["device"], show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--workers", type=NON_NEGATIVE, default=None, help="Data-loading processes [0 on CPU, 8 on CUDA].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A run's config.json: rerun with its settings (options typed here win).")
+@fails_cleanly
+def baseline_supervised(config_file, **kw):
+    """Train the trunk with a new fc8 classifier on labelled images, torchvision references style:
+    SGD lr 0.01, momentum 0.9, wd 1e-4, batch 256, 90 epochs, x0.1 every 30; random-resized 227 crops
+    and flips; resize 256 + centre crop 227 for validation."""
+    from cpfs_bench.baselines.supervised import run
+
+    cfg, explicit = config_from_cli(SupervisedConfig, "baseline supervised", kw, config_file)
+    s = run(cfg, explicit=explicit)
+    click.echo(f"baseline supervised: val top-1 {s['val_top1']:.1f}% after {s['epochs']} epochs in "
+               f"{s['seconds']:.0f}s; checkpoint {s['checkpoint']}"
+               + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
+
+
 @main.group("eval", short_help="Evaluate a checkpoint on a transfer benchmark.")
 def eval_group():
     """Evaluate a checkpoint on a transfer benchmark; every number is appended to the results store."""
-
-
-def _preset_note(presets, field) -> str:
-    notes = [f"{name} preset: {values[field]}" for name, values in presets.items() if field in values]
-    return f" [{'; '.join(notes)}]" if notes else ""
 
 
 CKPT_HELP = "cpfs-bench checkpoint (final.pt of a run), or a plain CaffeNet or torchvision AlexNet state_dict."

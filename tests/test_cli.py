@@ -120,3 +120,12 @@ def test_version_and_help_summaries_whole():
     r = bench("eval", "linear-probe", "--help")
     assert "[default: 28; x>=1]" in " ".join(r.stdout.split()) or "default: 28" in r.stdout
     assert "smoke preset: 3" in r.stdout and "smoke preset: 32" in r.stdout
+
+
+def test_baseline_random_command(tmp_path):
+    r = bench("baseline", "random", "--out", tmp_path / "r.pt", "--seed", 2)
+    assert r.returncode == 0 and "baseline random (caffenet_bn, seed 2)" in r.stdout, r.stderr
+    ckpt = torch.load(tmp_path / "r.pt", weights_only=True)
+    assert ckpt["loss"] == "random" and ckpt["config"]["seed"] == 2
+    r = bench("baseline", "supervised", "--epochs", "0")
+    assert r.returncode == 2 and "Invalid value for '--epochs'" in r.stderr

@@ -1,0 +1,184 @@
+"""`bench baseline supervised`: train the trunk with an N-way classifier on an ImageNet-layout folder
+(the paper's "Krizhevsky et al." rows), plain and top to bottom, in the style of torchvision's
+references/classification/train.py (SGD with momentum, step schedule, random-resized crops and
+flips; resize + centre crop at validation), on the shared run plumbing (bench/runs.py).
+
+Defaults follow torchvision's reference recipe for AlexNet (lr 0.01, momentum 0.9, weight decay
+1e-4, batch 32 per GPU x 8 = 256 here, 90 epochs, lr x0.1 every 30 epochs) at CaffeNet's 227 crop.
+The classifier is a new fc8 (4096 -> classes) on fc7; it is saved as the checkpoint's head. On the
+embedded world the "smoke" preset shortens the run; what you type always wins and every difference
+from the recipe is recorded in the checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from cpfs_bench.bench.checkpoint import MEAN, STD, load_checkpoint, save_checkpoint, set_rng_state
+from cpfs_bench.bench.config import protocol_values, resolve
+from cpfs_bench.bench.runs import (JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device,
+                                   scheduled_lr)
+from cpfs_bench.evaluate.datasets import imagenet_folder
+from cpfs_bench.pretrain.alexnet import ARCHITECTURES, build_trunk
+
+PRESETS = {"smoke": {"epochs": 8, "batch_size": 32, "lr": 0.01, "lr_step": 3}}
+PROTOCOL_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma", "crop", "resize")
+RESUME_MUST_MATCH = ("data", "arch", "epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma",
+                     "crop", "resize", "seed")
+
+
+@dataclass(frozen=True)
+class SupervisedConfig:
+    data: str | None = None  # ImageNet-layout root (train/<wnid>/, val/<wnid>/); None = the embedded world
+    out: str = "runs/supervised"  # run folder; the checkpoint to evaluate is OUT/final.pt
+    arch: str = "caffenet_bn"
+    epochs: int = 90
+    batch_size: int = 256
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_step: int = 30  # epochs between lr drops
+    lr_gamma: float = 0.1
+    crop: int = 227
+    resize: int = 256  # validation: shorter side, then centre crop
+    preset: str | None = None  # None: "smoke" on the embedded world
+    seed: int = 0
+    device: str = "auto"
+    workers: int | None = None
+    save_minutes: float = 10.0
+    resume: bool = False
+
+
+class Classifier(nn.Module):
+    """Trunk (fc7, 4096) -> dropout-free linear fc8: the AlexNet classifier the reference trains."""
+
+    def __init__(self, trunk: nn.Module, classes: int):
+        super().__init__()
+        self.trunk = trunk
+        self.fc8 = nn.Linear(4096, classes)
+        nn.init.normal_(self.fc8.weight, std=0.01)
+        nn.init.zeros_(self.fc8.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc8(self.trunk(x))
+
+
+def resolve_config(cfg: SupervisedConfig, explicit=()) -> tuple[SupervisedConfig, dict]:
+    """(cfg with data and preset resolved, deviations from the reference recipe)."""
+    if cfg.data is None:
+        from cpfs_bench.evaluate.default_data import default_imagenet_world
+
+        cfg = replace(cfg, data=str(default_imagenet_world()), preset=cfg.preset or "smoke")
+    if cfg.preset is not None and cfg.preset not in PRESETS:
+        raise ValueError(f"unknown preset {cfg.preset!r}; choose from {sorted(PRESETS)}")
+    if cfg.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {cfg.arch!r}; choose from {ARCHITECTURES}")
+    cfg, deviations = resolve(cfg, PRESETS.get(cfg.preset), explicit,
+                              protocol_values(SupervisedConfig, PROTOCOL_FIELDS))
+    if cfg.preset:
+        deviations["preset"] = cfg.preset
+    return cfg, deviations
+
+
+@torch.no_grad()
+def evaluate(model, loader, device) -> float:
+    """Top-1 % on a loader."""
+    model.eval()
+    correct = seen = 0
+    for images, labels in loader:
+        logits = model(images.to(device))
+        correct += (logits.argmax(1).cpu() == labels).sum().item()
+        seen += len(labels)
+    model.train()
+    return 100 * correct / max(seen, 1)
+
+
+def run(cfg: SupervisedConfig, progress: bool = True, explicit=()) -> dict:
+    """Train; write OUT/last.pt (resumable) and OUT/final.pt (trunk + fc8 head, loss "supervised")."""
+    cfg, deviations = resolve_config(cfg, explicit)
+    device = resolve_device(cfg.device)
+    folder = RunFolder(cfg.out, "baseline supervised", asdict(cfg), cfg.resume, RESUME_MUST_MATCH)
+    torch.manual_seed(cfg.seed)
+    train_set = imagenet_folder(cfg.data, "train", transforms.Compose([
+        transforms.RandomResizedCrop(cfg.crop), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize(MEAN, STD)]))
+    val_set = imagenet_folder(cfg.data, "val", transforms.Compose([
+        transforms.Resize(cfg.resize), transforms.CenterCrop(cfg.crop), transforms.ToTensor(),
+        transforms.Normalize(MEAN, STD)]))
+    if val_set.classes != train_set.classes:
+        raise ValueError(f"{cfg.data}: train and val have different class folders")
+    model = Classifier(build_trunk(cfg.arch), len(train_set.classes)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                fused=True)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    workers = loader_workers(cfg.workers, device)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                              drop_last=len(train_set) > cfg.batch_size, num_workers=workers,
+                              pin_memory=device.type == "cuda")
+    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, num_workers=workers)
+    start_epoch = 0
+    if cfg.resume:
+        state = load_checkpoint(folder.last)
+        model.trunk.load_state_dict(state["trunk"])
+        model.fc8.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        generator.set_state(state["extra"]["loader_rng"])
+        start_epoch = state["step"]
+    milestones = tuple(e / cfg.epochs for e in range(cfg.lr_step, cfg.epochs, cfg.lr_step))
+    extra = {"normalization": {"mean": list(MEAN), "std": list(STD)}, "classes": list(train_set.classes),
+             "deviations": deviations}
+
+    def save(epoch: int, path, resumable: bool = True) -> None:
+        save_checkpoint(path, arch=cfg.arch, trunk=model.trunk.state_dict(), head=model.fc8.state_dict(),
+                        loss="supervised", step=epoch, config=asdict(cfg),
+                        optimizer=optimizer.state_dict() if resumable else None, with_rng=resumable,
+                        extra={**extra, "loader_rng": generator.get_state()} if resumable else extra)
+
+    log = JsonlLog(folder.log_path, resume_at=start_epoch if cfg.resume else None, key="epoch")
+    start = time.perf_counter()
+    model.train()
+    try:
+        with StopRequests(folder, cfg.save_minutes) as stop:
+            for epoch in range(start_epoch, cfg.epochs):
+                lr = scheduled_lr("step", cfg.lr, epoch, cfg.epochs, milestones, cfg.lr_gamma)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                bar = progress_bar(train_loader, desc=f"supervised epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                                   disable=not progress)
+                loss_sum, correct, seen = 0.0, 0, 0
+                for i, (images, labels) in enumerate(bar):
+                    images, labels = images.to(device, non_blocking=True), labels.to(device)
+                    logits = model(images)
+                    loss = F.cross_entropy(logits, labels)
+                    if not math.isfinite(loss.item()):
+                        raise RuntimeError(f"loss became {loss.item()} in epoch {epoch + 1}; try a lower --lr")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += loss.item() * len(labels)
+                    correct += (logits.detach().argmax(1) == labels).sum().item()
+                    seen += len(labels)
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                    if stop.requested:  # resume redoes this epoch from the state saved at its start
+                        stop.raise_if_requested(f"batch {i + 1} of epoch {epoch + 1} (a resume restarts epoch "
+                                                f"{epoch + 1})")
+                save(epoch + 1, folder.last)
+                stop.save_due(True)
+                log.write({"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
+                           "train_top1": 100 * correct / max(seen, 1)})
+                stop.raise_if_requested(f"epoch {epoch + 1}")
+            val_top1 = evaluate(model, val_loader, device)
+            log.write({"val_top1": val_top1})
+    finally:
+        log.close()
+    save(cfg.epochs, folder.final, resumable=False)
+    return {"out": str(folder.out), "checkpoint": str(folder.final), "val_top1": val_top1, "epochs": cfg.epochs,
+            "seconds": time.perf_counter() - start, "deviations": deviations, "data": cfg.data}
