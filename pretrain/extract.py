@@ -280,7 +280,7 @@ def extract_flow(config: FlowConfig, progress: bool = True) -> dict:
     jobs = [(s, out, config, threads) for s in todo]
     pairs = 0
     bar = progress_bar(parallel_map(_worker, jobs, workers, ordered=False), total=len(todo), desc="flow", unit="video",
-               disable=not progress)
+                       disable=not progress)
     for source, meta, error in bar:
         if error is None:
             done.append(meta)

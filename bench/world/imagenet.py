@@ -73,8 +73,8 @@ def write_imagenet_world(cfg: ImageNetWorldConfig, progress: bool = True) -> Pat
                     val_counter += 1
                     name = f"ILSVRC2012_val_{val_counter:08d}.JPEG"
                 jobs.append((cfg, split, k, i, str(folder / name)))
-    for _ in progress_bar(parallel_map(write_one, jobs, worker_count(cfg.workers, len(jobs)), ordered=False, chunksize=16),
-                  total=len(jobs), desc="world imagenet", unit="image", disable=not progress):
+    images = parallel_map(write_one, jobs, worker_count(cfg.workers, len(jobs)), ordered=False, chunksize=16)
+    for _ in progress_bar(images, total=len(jobs), desc="world imagenet", unit="image", disable=not progress):
         pass
     (out / "world.json").write_text(json.dumps({"kind": "imagenet", "config": asdict(cfg),
                                                 "classes": [wnid(k) for k in range(cfg.classes)]}, indent=1))

@@ -195,6 +195,6 @@ def write_video_world(cfg: VideoWorldConfig, progress: bool = True) -> Path:
     (out / "previews").mkdir(exist_ok=True)
     jobs = [(i, cfg) for i in range(cfg.clips)]
     clips = list(progress_bar(parallel_map(write_clip, jobs, worker_count(cfg.workers, len(jobs))), total=len(jobs),
-                      desc="world videos", unit="clip", disable=not progress))
+                              desc="world videos", unit="clip", disable=not progress))
     (out / "world.json").write_text(json.dumps({"kind": "videos", "config": asdict(cfg), "clips": clips}, indent=1))
     return out

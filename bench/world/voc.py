@@ -229,7 +229,7 @@ def write_voc_world(cfg: VOCWorldConfig, progress: bool = True) -> Path:
     jobs = [(cfg, "2007", i, i in seg07, False) for i in ids07] + [(cfg, "2012", i, i in seg12, i in in_sbd) for i in ids12]
     records = {}
     for rec in progress_bar(parallel_map(write_image, jobs, worker_count(cfg.workers, len(jobs)), chunksize=8),
-                    total=len(jobs), desc="world voc", unit="image", disable=not progress):
+                            total=len(jobs), desc="world voc", unit="image", disable=not progress):
         records[(rec["year"], rec["id"])] = rec
 
     def halves(ids):
