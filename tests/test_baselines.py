@@ -3,11 +3,9 @@ import json
 
 import pytest
 import torch
-
 from cpfs_bench.baselines.random_init import write_random_checkpoint
 from cpfs_bench.baselines.supervised import SupervisedConfig, resolve_config, run
 from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint
-from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
 from cpfs_bench.evaluate.backbone import default_method_name, default_run_name, load_trunk
 from cpfs_bench.pretrain.alexnet import build_trunk
 
@@ -27,14 +25,6 @@ def test_random_baseline_is_seeded_and_loads_everywhere(tmp_path):
     assert default_method_name(info, c) == "random" and default_run_name(c) == "c"
     with pytest.raises(ValueError, match="is a folder"):
         write_random_checkpoint(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def tiny_imagenet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inet")
-    write_imagenet_world(ImageNetWorldConfig(out=str(root), classes=3, train_per_class=4, val_per_class=2, size=64,
-                                             workers=1), progress=False)
-    return root
 
 
 def test_supervised_baseline_run_folder_checkpoint_and_resume_rules(tiny_imagenet, tmp_path):

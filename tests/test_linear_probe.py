@@ -115,14 +115,6 @@ def test_trained_trunk_beats_random_trunk_on_the_embedded_world(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_imagenet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inet")
-    write_imagenet_world(ImageNetWorldConfig(out=str(root), classes=3, train_per_class=4, val_per_class=2, size=64,
-                                             workers=1), progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
 def random_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "random.pt"
     torch.manual_seed(0)

@@ -8,12 +8,18 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-
 from cpfs_bench.bench.checkpoint import CheckpointError
 from cpfs_bench.bench.config import load_config_file, protocol_values, resolve
 from cpfs_bench.bench.files import atomic_write_bytes
-from cpfs_bench.bench.runs import (JsonlLog, RunFolder, RunInterrupted, StopRequests, loader_workers, resolve_device,
-                                   scheduled_lr)
+from cpfs_bench.bench.runs import (
+    JsonlLog,
+    RunFolder,
+    RunInterrupted,
+    StopRequests,
+    loader_workers,
+    resolve_device,
+    scheduled_lr,
+)
 
 
 def test_schedules_against_their_formulas():
