@@ -17,16 +17,22 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from cpfs_bench.bench.checkpoint import MEAN, STD, load_checkpoint, save_checkpoint, set_rng_state
+from cpfs_bench.bench.config import protocol_values, resolve
+from cpfs_bench.bench.runs import (
+    JsonlLog,
+    RunFolder,
+    StopRequests,
+    loader_workers,
+    progress_bar,
+    resolve_device,
+    scheduled_lr,
+)
+from cpfs_bench.evaluate.datasets import imagenet_splits
+from cpfs_bench.pretrain.alexnet import ARCHITECTURES, build_trunk
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
-
-from cpfs_bench.bench.checkpoint import MEAN, STD, load_checkpoint, save_checkpoint, set_rng_state
-from cpfs_bench.bench.config import protocol_values, resolve
-from cpfs_bench.bench.runs import (JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device,
-                                   scheduled_lr)
-from cpfs_bench.evaluate.datasets import imagenet_folder
-from cpfs_bench.pretrain.alexnet import ARCHITECTURES, build_trunk
 
 PRESETS = {"smoke": {"epochs": 8, "batch_size": 32, "lr": 0.01, "lr_step": 3}}
 PROTOCOL_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma", "crop", "resize")
@@ -76,15 +82,9 @@ def resolve_config(cfg: SupervisedConfig, explicit=()) -> tuple[SupervisedConfig
         from cpfs_bench.evaluate.default_data import default_imagenet_world
 
         cfg = replace(cfg, data=str(default_imagenet_world()), preset=cfg.preset or "smoke")
-    if cfg.preset is not None and cfg.preset not in PRESETS:
-        raise ValueError(f"unknown preset {cfg.preset!r}; choose from {sorted(PRESETS)}")
     if cfg.arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {cfg.arch!r}; choose from {ARCHITECTURES}")
-    cfg, deviations = resolve(cfg, PRESETS.get(cfg.preset), explicit,
-                              protocol_values(SupervisedConfig, PROTOCOL_FIELDS))
-    if cfg.preset:
-        deviations["preset"] = cfg.preset
-    return cfg, deviations
+    return resolve(cfg, PRESETS, explicit, protocol_values(SupervisedConfig, PROTOCOL_FIELDS))
 
 
 @torch.no_grad()
@@ -106,14 +106,11 @@ def run(cfg: SupervisedConfig, progress: bool = True, explicit=()) -> dict:
     device = resolve_device(cfg.device)
     folder = RunFolder(cfg.out, "baseline supervised", asdict(cfg), cfg.resume, RESUME_MUST_MATCH)
     torch.manual_seed(cfg.seed)
-    train_set = imagenet_folder(cfg.data, "train", transforms.Compose([
+    train_set, val_set = imagenet_splits(cfg.data, transforms.Compose([
         transforms.RandomResizedCrop(cfg.crop), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize(MEAN, STD)]))
-    val_set = imagenet_folder(cfg.data, "val", transforms.Compose([
+        transforms.Normalize(MEAN, STD)]), transforms.Compose([
         transforms.Resize(cfg.resize), transforms.CenterCrop(cfg.crop), transforms.ToTensor(),
         transforms.Normalize(MEAN, STD)]))
-    if val_set.classes != train_set.classes:
-        raise ValueError(f"{cfg.data}: train and val have different class folders")
     model = Classifier(build_trunk(cfg.arch), len(train_set.classes)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 fused=True)

@@ -63,8 +63,6 @@ def save_checkpoint(path, *, arch: str, trunk: dict, head: dict, loss: str, step
                     optimizer: dict | None = None, extra: dict | None = None, with_rng: bool = True) -> Path:
     """Atomically write one checkpoint (fsync'd temporary file, then rename); returns its path.
     Weights-only files (final.pt, snapshots) pass no optimizer and with_rng=False."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -8,12 +8,12 @@ Exit codes: 0 done, 1 failed (the message names the cause and the file), 2 usage
 from __future__ import annotations
 
 import functools
-from dataclasses import MISSING, fields
 
 import click
 from click.core import ParameterSource
 from cpfs_bench.baselines.supervised import PRESETS as SUPERVISED_PRESETS
 from cpfs_bench.baselines.supervised import SupervisedConfig
+from cpfs_bench.bench.config import dataclass_defaults
 from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig
 from cpfs_bench.bench.world.videos import VideoWorldConfig
 from cpfs_bench.bench.world.voc import VOCWorldConfig
@@ -56,8 +56,7 @@ def fails_cleanly(fn):
     return wrapper
 
 
-def defaults_of(cls) -> dict:
-    return {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(cls)}
+defaults_of = dataclass_defaults
 
 
 def config_from_cli(cls, command: str, kw: dict, config_file=None):

@@ -12,21 +12,34 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
+def dataclass_defaults(cfg_or_cls) -> dict[str, Any]:
+    """{field: default} of a dataclass (default factories called)."""
+    return {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(cfg_or_cls)}
+
+
 def protocol_values(cfg_or_cls, names) -> dict[str, Any]:
     """The dataclass defaults of `names`: the published protocol's values."""
-    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(cfg_or_cls)}
+    defaults = dataclass_defaults(cfg_or_cls)
     return {name: defaults[name] for name in names}
 
 
-def resolve(cfg, preset: Mapping[str, Any] | None, explicit, protocol: Mapping[str, Any]):
-    """(cfg with the preset applied to the fields the user did not give, deviations).
+def resolve(cfg, presets: Mapping[str, Mapping[str, Any]] | None, explicit, protocol: Mapping[str, Any]):
+    """(cfg with its preset applied to the fields the user did not give, deviations).
 
-    cfg: a frozen dataclass holding the protocol defaults overridden by the user's values;
-    explicit: names of the fields the user gave (command line or --config file);
-    protocol: {field: published value}; deviations = {field: value used} where they differ."""
+    cfg: a frozen dataclass holding the protocol defaults overridden by the user's values; its
+    `preset` field (when it has one) names an entry of `presets` ({name: {field: value}}; an unknown
+    name is a ValueError); explicit: names of the fields the user gave (command line or --config
+    file); protocol: {field: published value}; deviations = {field: value used} where they differ,
+    plus {"preset": name} when a preset was applied."""
+    name = getattr(cfg, "preset", None)
+    if name is not None and name not in (presets or {}):
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets or {})}")
     explicit = set(explicit)
-    cfg = replace(cfg, **{k: v for k, v in (preset or {}).items() if k not in explicit})
+    preset = (presets or {}).get(name) or {}
+    cfg = replace(cfg, **{k: v for k, v in preset.items() if k not in explicit})
     deviations = {k: _plain(getattr(cfg, k)) for k, v in protocol.items() if getattr(cfg, k) != v}
+    if name is not None:
+        deviations["preset"] = name
     return cfg, deviations
 
 

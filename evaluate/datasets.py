@@ -14,7 +14,6 @@ from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette  # noqa: F401 (
 from PIL import Image
 
 IGNORE_INDEX = 255
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp")
 
 
 class DatasetFormatError(ValueError):
@@ -215,6 +214,14 @@ def imagenet_folder(root, split, transform=None):
         return ImageFolder(str(split_dir), transform=transform)
     except FileNotFoundError as e:
         raise DatasetFormatError(f"{split_dir}: {e}") from None
+
+
+def imagenet_splits(root, train_transform=None, val_transform=None):
+    """(train, val) imagenet_folder datasets of root; ValueError when their class folders differ."""
+    train, val = imagenet_folder(root, "train", train_transform), imagenet_folder(root, "val", val_transform)
+    if val.classes != train.classes:
+        raise DatasetFormatError(f"{root}: train and val have different class folders")
+    return train, val
 
 
 def imagenet_samples(root, split) -> tuple[list[tuple[Path, int]], list[str]]:

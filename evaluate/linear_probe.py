@@ -39,7 +39,7 @@ from cpfs_bench.evaluate.backbone import (
     load_trunk,
     trunk_fingerprint,
 )
-from cpfs_bench.evaluate.datasets import imagenet_folder
+from cpfs_bench.evaluate.datasets import imagenet_splits
 from cpfs_bench.evaluate.features import (
     POOLINGS,
     PROBE_LAYERS,
@@ -96,17 +96,12 @@ def resolve_probe_config(cfg: ProbeConfig, explicit=()) -> tuple[ProbeConfig, di
         from cpfs_bench.evaluate.default_data import default_imagenet_world
 
         cfg = replace(cfg, data=str(default_imagenet_world()), preset=cfg.preset or "smoke")
-    if cfg.preset is not None and cfg.preset not in PRESETS:
-        raise ValueError(f"unknown preset {cfg.preset!r}; choose from {sorted(PRESETS)}")
     unknown = set(cfg.layers) - set(PROBE_LAYERS)
     if unknown or not cfg.layers:
         raise ValueError(f"unknown layer(s) {sorted(unknown)}; choose from {PROBE_LAYERS}")
     if cfg.pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {cfg.pooling!r}; choose from {POOLINGS}")
-    cfg, deviations = resolve(cfg, PRESETS.get(cfg.preset), explicit, protocol_values(ProbeConfig, PROTOCOL_FIELDS))
-    if cfg.preset:
-        deviations["preset"] = cfg.preset
-    return cfg, deviations
+    return resolve(cfg, PRESETS, explicit, protocol_values(ProbeConfig, PROTOCOL_FIELDS))
 
 
 class LayerProbes(nn.Module):
@@ -160,10 +155,8 @@ def run(cfg: ProbeConfig, progress: bool = True, explicit=()) -> dict:
     run_name = cfg.name or default_run_name(cfg.ckpt)
     cfg = replace(cfg, out=cfg.out or str(evaluation_folder("linear-probe", run_name, info["sha256"])))
     fingerprint = trunk_fingerprint(trunk)
-    train_set = imagenet_folder(cfg.data, "train", train_transform(info["mean"], info["std"], cfg.resize, cfg.crop))
-    val_set = imagenet_folder(cfg.data, "val", eval_transform(info["mean"], info["std"], cfg.resize, cfg.crop))
-    if val_set.classes != train_set.classes:
-        raise ValueError(f"{cfg.data}: train and val have different class folders")
+    train_set, val_set = imagenet_splits(cfg.data, train_transform(info["mean"], info["std"], cfg.resize, cfg.crop),
+                                         eval_transform(info["mean"], info["std"], cfg.resize, cfg.crop))
     classes = train_set.classes
     workers = loader_workers(cfg.workers, device)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -136,8 +136,6 @@ def check_config(cfg: SVMConfig) -> None:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0 (0 = every core), got {cfg.workers}")
-    if cfg.preset is not None and cfg.preset not in PRESETS:
-        raise ValueError(f"unknown preset {cfg.preset!r}; choose from {sorted(PRESETS)}")
 
 
 def check_costs(costs) -> tuple[float, ...]:
@@ -432,10 +430,8 @@ def run(cfg: SVMConfig, progress: bool = True, explicit=()) -> dict:
     else:
         voc = cfg.voc
     check_config(cfg)
-    cfg, deviations = resolve(replace(cfg, costs=tuple(float(c) for c in cfg.costs)), PRESETS.get(cfg.preset),
-                              explicit, protocol_values(SVMConfig, PROTOCOL_FIELDS))
-    if cfg.preset:
-        deviations["preset"] = cfg.preset
+    cfg, deviations = resolve(replace(cfg, costs=tuple(float(c) for c in cfg.costs)), PRESETS, explicit,
+                              protocol_values(SVMConfig, PROTOCOL_FIELDS))
     voc_year_dir(voc, YEAR)  # FileNotFoundError naming the folder looked for
     cache_root = Path(cfg.cache) if cfg.cache else bench_home() / "cache" / "features"
     store = Path(cfg.store) if cfg.store else default_store()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -204,7 +205,7 @@ def run(cfg: PretrainConfig, progress: bool = True, stop_after: int | None = Non
     bar = progress_bar(total=cfg.iters, initial=start_step, desc=f"pretrain {cfg.loss}", unit="step",
                        disable=not progress)
     first_loss = last_loss = None
-    recent_cosines: list[float] = []
+    recent_cosines: deque[float] = deque(maxlen=50)
     warned_collapse = False
     start = time.perf_counter()
     step = start_step
@@ -249,7 +250,7 @@ def run(cfg: PretrainConfig, progress: bool = True, stop_after: int | None = Non
                 if cfg.loss != "direct-cls":
                     record["mean_cos"] = mean_pairwise_cosine(output)
                     postfix["cos"] = f"{record['mean_cos']:.2f}"
-                    recent_cosines = (recent_cosines + [record["mean_cos"]])[-50:]
+                    recent_cosines.append(record["mean_cos"])
                     if cfg.loss in ("ce", "ce-rev"):  # CE sits near log N; the KL to the target is what moves
                         record["kl"] = value - target_entropy(output, target, sigma(), cfg.loss).item()
                         postfix["kl"] = f"{record['kl']:.2e}"

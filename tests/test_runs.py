@@ -98,12 +98,16 @@ class Cfg:
     batch_size: int = 256
     lr: float = 0.01
     out: str = "x"
+    preset: str | None = None
 
 
 def test_resolve_never_overrides_typed_values_and_records_every_difference():
     protocol = protocol_values(Cfg, ("epochs", "batch_size", "lr"))
-    cfg, dev = resolve(Cfg(epochs=5), {"epochs": 3, "batch_size": 32}, {"epochs"}, protocol)
-    assert (cfg.epochs, cfg.batch_size) == (5, 32) and dev == {"epochs": 5, "batch_size": 32}
+    presets = {"smoke": {"epochs": 3, "batch_size": 32}}
+    cfg, dev = resolve(Cfg(epochs=5, preset="smoke"), presets, {"epochs"}, protocol)
+    assert (cfg.epochs, cfg.batch_size) == (5, 32) and dev == {"epochs": 5, "batch_size": 32, "preset": "smoke"}
+    with pytest.raises(ValueError, match="unknown preset 'fast'; choose from \\['smoke'\\]"):
+        resolve(Cfg(preset="fast"), presets, (), protocol)
     cfg, dev = resolve(Cfg(lr=0.1), None, {"lr"}, protocol)
     assert dev == {"lr": 0.1}  # typed, and still a deviation
 
