@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from cpfs_bench.bench.checkpoint import MEAN, STD, save_checkpoint
 from cpfs_bench.pretrain.alexnet import ARCHITECTURES, build_trunk
 

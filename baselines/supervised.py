@@ -17,6 +17,10 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
 from cpfs_bench.bench.checkpoint import MEAN, STD, load_checkpoint, save_checkpoint, set_rng_state
 from cpfs_bench.bench.config import protocol_values, resolve
 from cpfs_bench.bench.runs import (
@@ -30,9 +34,6 @@ from cpfs_bench.bench.runs import (
 )
 from cpfs_bench.evaluate.datasets import imagenet_splits
 from cpfs_bench.pretrain.alexnet import ARCHITECTURES, build_trunk
-from torch import nn
-from torch.utils.data import DataLoader
-from torchvision import transforms
 
 PRESETS = {"smoke": {"epochs": 8, "batch_size": 32, "lr": 0.01, "lr_step": 3}}
 PROTOCOL_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma", "crop", "resize")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from cpfs_bench.bench.files import atomic_write
 
 FORMAT = "cpfs-bench-checkpoint"

@@ -11,6 +11,7 @@ import functools
 
 import click
 from click.core import ParameterSource
+
 from cpfs_bench.baselines.supervised import PRESETS as SUPERVISED_PRESETS
 from cpfs_bench.baselines.supervised import SupervisedConfig
 from cpfs_bench.bench.config import dataclass_defaults

@@ -24,8 +24,9 @@ import signal
 import time
 from pathlib import Path
 
-from cpfs_bench.bench.files import atomic_write_json
 from tqdm import tqdm
+
+from cpfs_bench.bench.files import atomic_write_json
 
 SCHEDULES = ("cosine", "step", "constant")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from cpfs_bench.bench.flowio import encode_flow_png
 from cpfs_bench.bench.world.videos import VideoWorldConfig, write_video_world
 from cpfs_bench.pretrain.extract import FlowConfig, VideoSource, extract_flow, read_frames

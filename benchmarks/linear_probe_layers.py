@@ -15,6 +15,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from cpfs_bench.evaluate.backbone import freeze
 from cpfs_bench.evaluate.features import PROBE_LAYERS, pooled_dims, pooled_features
 from cpfs_bench.evaluate.linear_probe import LayerProbes

@@ -19,6 +19,7 @@ import time
 
 def measure(batch: int, pixels: int, block: int | None, kind: str, device: str) -> dict:
     import torch
+
     from cpfs_bench.pretrain.losses import cpfs_loss
 
     torch.manual_seed(0)

@@ -11,6 +11,7 @@ import argparse
 import time
 
 import torch
+
 from cpfs_bench.pretrain.alexnet import build_trunk
 from cpfs_bench.pretrain.head import SOURCES, HypercolumnHead
 from cpfs_bench.pretrain.losses import cpfs_loss

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from cpfs_bench.pretrain.train import PretrainConfig, run
 
 

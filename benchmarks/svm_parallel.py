@@ -15,6 +15,7 @@ import os
 import time
 
 import numpy as np
+
 from cpfs_bench.evaluate.voc07_svm import GOYAL19_COSTS, svm_layer
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from cpfs_bench.bench.checkpoint import FORMAT, MEAN, STD, CheckpointError, torch_load, validate_checkpoint
 from cpfs_bench.bench.files import sha256_file
 from cpfs_bench.pretrain.alexnet import build_trunk

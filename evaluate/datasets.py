@@ -10,8 +10,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette  # noqa: F401 (part of this module's API)
 from PIL import Image
+
+from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette  # noqa: F401 (part of this module's API)
 
 IGNORE_INDEX = 255
 

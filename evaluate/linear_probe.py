@@ -20,6 +20,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
 from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from cpfs_bench.bench.config import protocol_values, resolve
 from cpfs_bench.bench.runs import (
@@ -48,8 +51,6 @@ from cpfs_bench.evaluate.features import (
     pooled_features,
     train_transform,
 )
-from torch import nn
-from torch.utils.data import DataLoader
 
 PROTOCOL = "fair-imagenet-linear-probe"
 # the embedded world is tiny: a short run that still shows the layer trend; never overrides what the

@@ -57,17 +57,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from cpfs_bench.bench.files import atomic_write_bytes
-from cpfs_bench.bench.parallel import worker_count
-from cpfs_bench.bench.runs import progress_bar
-from cpfs_bench.evaluate.datasets import VOC_CLASSES, voc_classification_labels, voc_image_path, voc_year_dir
-from cpfs_bench.evaluate.metrics import classification_ap
 from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
+
+from cpfs_bench.bench.files import atomic_write_bytes
+from cpfs_bench.bench.parallel import worker_count
+from cpfs_bench.bench.runs import progress_bar
+from cpfs_bench.evaluate.datasets import VOC_CLASSES, voc_classification_labels, voc_image_path, voc_year_dir
+from cpfs_bench.evaluate.metrics import classification_ap
 
 # torch (through evaluate.features) is imported only where features are extracted: the SVM worker
 # processes import this module, and torch + torchvision would add seconds to each one's start-up.
@@ -193,9 +194,10 @@ def extract_split(trunk, info: dict, voc, split: str, layers, pooling: str, fold
     """Pool `layers` for every image of VOC2007 `split` and write <folder>/<layer>.npy atomically
     (temporary file + os.replace). Returns {layer: float32 (N, D) memory-mapped array}."""
     import torch
+    from torch.utils.data import DataLoader
+
     from cpfs_bench.evaluate.datasets import VOCClassification
     from cpfs_bench.evaluate.features import eval_transform, pooled_features
-    from torch.utils.data import DataLoader
 
     dataset = VOCClassification(voc, YEAR, split, transform=eval_transform(info["mean"], info["std"], RESIZE, CROP))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=loader_workers)

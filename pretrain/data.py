@@ -11,9 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Sampler
+
 from cpfs_bench.bench.checkpoint import MEAN, STD
 from cpfs_bench.bench.flowio import read_flow_png
-from torch.utils.data import Dataset, Sampler
 
 
 class NoFlowDataError(ValueError):

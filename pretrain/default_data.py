@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+
 from cpfs_bench.bench.paths import bench_home, cached_world, locked
 
 

@@ -24,6 +24,7 @@ from typing import Iterator
 
 import cv2
 import numpy as np
+
 from cpfs_bench.bench.files import atomic_write_bytes
 from cpfs_bench.bench.flowio import encode_flow_png, flow_to_image
 from cpfs_bench.bench.parallel import parallel_map, worker_count

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from cpfs_bench.pretrain.alexnet import CHANNELS
 from torch import nn
+
+from cpfs_bench.pretrain.alexnet import CHANNELS
 
 SOURCES = ("conv1", "pool1", "conv3", "pool5", "fc7")
 

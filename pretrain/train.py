@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+
 from cpfs_bench.bench.checkpoint import MEAN, STD, load_checkpoint, save_checkpoint, set_rng_state
 from cpfs_bench.bench.config import resolve
 from cpfs_bench.bench.flowio import read_flow_png
@@ -36,7 +38,6 @@ from cpfs_bench.pretrain.losses import (
     squash_flow,
     target_entropy,
 )
-from torch.utils.data import DataLoader
 
 # a resumed run must agree on these: they define the model, the objective or the data order
 RESUME_MUST_MATCH = ("loss", "data", "arch", "batch_size", "pixels", "hidden", "embed_dim", "classes", "optimizer",

@@ -7,9 +7,10 @@ import textwrap
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from cpfs_bench.results.tables import OURS_BLOCK, build_table, describe_protocol
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from cpfs_bench.results.tables import OURS_BLOCK, build_table, describe_protocol
 
 #: The paper's Table 2 rows drawn as dashed references.
 PAPER_REFERENCE_ROWS = ("Krizhevsky et al. [30]", "Random", "CPFS-CE", "CPFS-CE-rev", "CPFS-KTA", "Ours direct cls.")

@@ -1,4 +1,5 @@
 import pytest
+
 from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
 from cpfs_bench.bench.world.videos import VideoWorldConfig, write_video_world
 from cpfs_bench.pretrain.extract import FlowConfig, extract_flow

@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+
 from cpfs_bench.baselines.random_init import write_random_checkpoint
 from cpfs_bench.baselines.supervised import SupervisedConfig, resolve_config, run
 from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint

@@ -1,5 +1,6 @@
 """pretrain/data.py: crops, flips and resizes move the flow with the frame; the sampler resumes exactly."""
 import numpy as np
+
 from cpfs_bench.pretrain.data import StepBatchSampler, random_crop_flip
 
 

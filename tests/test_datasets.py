@@ -6,6 +6,8 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
+
 from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
 from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
 from cpfs_bench.evaluate.datasets import (
@@ -24,7 +26,6 @@ from cpfs_bench.evaluate.datasets import (
     voc_segmentation_ids,
     voc_year_dir,
 )
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

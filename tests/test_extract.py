@@ -6,6 +6,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+
 from cpfs_bench.bench.flowio import read_flow_png
 from cpfs_bench.pretrain.extract import FlowConfig, extract_flow
 from cpfs_bench.pretrain.flow import endpoint_error

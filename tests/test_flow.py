@@ -2,6 +2,7 @@
 import cv2
 import numpy as np
 import pytest
+
 from cpfs_bench.bench.flowio import read_flow_png, write_flow_png
 from cpfs_bench.pretrain.flow import endpoint_error
 

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+
 from cpfs_bench.pretrain.alexnet import build_trunk
 from cpfs_bench.pretrain.head import SOURCES, HypercolumnHead, sample_features, sample_pixel_positions
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from cpfs_bench.bench.checkpoint import CheckpointError, save_checkpoint
 from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
 from cpfs_bench.evaluate.backbone import assert_trunk_unchanged, load_trunk, trunk_fingerprint

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from cpfs_bench.pretrain.losses import (
     cpfs_loss,
     direct_cls_loss,

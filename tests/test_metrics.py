@@ -10,6 +10,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import average_precision_score, precision_recall_curve
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
 from cpfs_bench.evaluate.metrics import (
     classification_ap,
     confusion_matrix,
@@ -19,8 +22,6 @@ from cpfs_bench.evaluate.metrics import (
     pixel_accuracy,
     voc_ap,
 )
-from sklearn.metrics import average_precision_score, precision_recall_curve
-from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 # The 11 recall thresholds exactly as py-faster-rcnn evaluates them: np.arange(0., 1.1, 0.1)
 # yields k * 0.1 in floating point (0.30000000000000004, 0.6000000000000001, ...), so the

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from cpfs_bench.results import store
 from cpfs_bench.results.plots import plot_linear_probes
 from cpfs_bench.results.store import (

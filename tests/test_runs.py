@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+
 from cpfs_bench.bench.checkpoint import CheckpointError
 from cpfs_bench.bench.config import load_config_file, protocol_values, resolve
 from cpfs_bench.bench.files import atomic_write_bytes

@@ -1,9 +1,10 @@
 """pretrain/train.py and bench/checkpoint.py: the training loop, resume, failure handling."""
 import json
 
-import cpfs_bench.pretrain.train as train
 import pytest
 import torch
+
+import cpfs_bench.pretrain.train as train
 from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cpfs_bench.pretrain.train import PretrainConfig, TrainingDiverged, run
 

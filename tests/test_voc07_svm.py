@@ -6,6 +6,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.metrics import average_precision_score, precision_recall_curve
+from sklearn.model_selection import cross_val_score
+from sklearn.svm import LinearSVC
+
 from cpfs_bench.bench.checkpoint import save_checkpoint
 from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
 from cpfs_bench.evaluate.datasets import VOC_CLASSES
@@ -13,10 +18,6 @@ from cpfs_bench.evaluate.features import PROBE_LAYERS
 from cpfs_bench.evaluate.voc07_svm import GOYAL19_COSTS, PROTOCOL, SVMConfig, row_space_coordinates, run, svm_layer
 from cpfs_bench.pretrain.alexnet import build_trunk
 from cpfs_bench.results.store import read_records
-from sklearn.base import clone
-from sklearn.metrics import average_precision_score, precision_recall_curve
-from sklearn.model_selection import cross_val_score
-from sklearn.svm import LinearSVC
 
 COSTS = (0.001, 0.1, 1.0, 10.0)
 
@@ -188,6 +189,7 @@ def test_bad_input(tiny, tmp_path):
 
 def test_cli_prints_per_class_table(tiny, tmp_path):
     from click.testing import CliRunner
+
     from cpfs_bench.bench.cli import main
 
     root, ckpt = tiny

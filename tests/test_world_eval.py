@@ -1,9 +1,10 @@
 """The evaluation worlds are learnable: features that see colour and texture beat random ones."""
 import cv2
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+
 from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
 from cpfs_bench.evaluate.datasets import imagenet_samples
-from sklearn.linear_model import LogisticRegression
 
 
 def colour_texture_features(path):

@@ -1,6 +1,7 @@
 """bench/world/videos.py: the embedded video world and its ground-truth flow."""
 import cv2
 import numpy as np
+
 from cpfs_bench.bench.flowio import read_flow_png
 from cpfs_bench.bench.world.videos import VideoWorldConfig, ground_truth_flow, make_clip_layers, render_frame
 from cpfs_bench.pretrain.extract import VideoSource, read_frames

@@ -27,11 +27,12 @@ from xml.sax.saxutils import escape
 
 import cv2
 import numpy as np
+from PIL import Image
+
 from cpfs_bench.bench.parallel import parallel_map, worker_count
 from cpfs_bench.bench.runs import progress_bar
 from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette
 from cpfs_bench.bench.world.objects import background, class_appearance, object_mask, object_texture
-from PIL import Image
 
 POSES = ("Left", "Right", "Frontal", "Rear", "Unspecified")
 BORDER_KERNEL = np.ones((5, 5), np.uint8)
