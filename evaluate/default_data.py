@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from cpfs_bench.bench.paths import cached_world
+from cpfs_bench.bench.world.objects import WORLD_VERSION
 
 
 def default_voc_world(seed: int = 0, progress: bool = True) -> Path:
     """The embedded VOC2007/VOC2012/SBD world; pass it as a VOCdevkit root."""
     from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
 
-    return cached_world(f"voc-seed{seed}", lambda root: write_voc_world(
+    return cached_world(f"voc-v{WORLD_VERSION}-seed{seed}", lambda root: write_voc_world(
         VOCWorldConfig(out=str(root), seed=seed), progress=progress))
 
 
@@ -19,7 +20,7 @@ def default_imagenet_world(seed: int = 0, progress: bool = True) -> Path:
     """The embedded ImageNet-style world: train/<wnid>/, val/<wnid>/."""
     from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
 
-    return cached_world(f"imagenet-seed{seed}", lambda root: write_imagenet_world(
+    return cached_world(f"imagenet-v{WORLD_VERSION}-seed{seed}", lambda root: write_imagenet_world(
         ImageNetWorldConfig(out=str(root), seed=seed), progress=progress))
 
 

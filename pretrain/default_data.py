@@ -8,13 +8,14 @@ from pathlib import Path
 import click
 
 from cpfs_bench.bench.paths import bench_home, cached_world, locked
+from cpfs_bench.bench.world.objects import WORLD_VERSION
 
 
 def default_video_world(seed: int = 0, progress: bool = True) -> Path:
     """The embedded video world: a folder with videos/ and gt_flow/."""
     from cpfs_bench.bench.world.videos import VideoWorldConfig, write_video_world
 
-    return cached_world(f"videos-seed{seed}", lambda root: write_video_world(
+    return cached_world(f"videos-v{WORLD_VERSION}-seed{seed}", lambda root: write_video_world(
         VideoWorldConfig(out=str(root), seed=seed), progress=progress))
 
 
@@ -23,7 +24,7 @@ def default_flow_data(seed: int = 0, method: str = "dis-medium", progress: bool 
     from cpfs_bench.pretrain.extract import FlowConfig, extract_flow
 
     world = default_video_world(seed, progress)
-    root = bench_home() / "world" / f"flow-seed{seed}-{method}"
+    root = bench_home() / "world" / f"flow-v{WORLD_VERSION}-seed{seed}-{method}"
     with locked(bench_home() / "world" / ".flow.lock"):
         manifest = root / "manifest.json"
         expected = len(json.loads((world / "world.json").read_text())["clips"])

@@ -3,13 +3,16 @@ import cv2
 import numpy as np
 
 from cpfs_bench.bench.flowio import read_flow_png
-from cpfs_bench.bench.world.videos import VideoWorldConfig, ground_truth_flow, make_clip_layers, render_frame
+from cpfs_bench.bench.world.layers import ground_truth_flow, render_frame
+from cpfs_bench.bench.world.videos import VideoWorldConfig, make_clip_layers
 from cpfs_bench.pretrain.extract import VideoSource, read_frames
 
 
 def test_ground_truth_flow_warps_next_frame_onto_this_one():
     cfg = VideoWorldConfig(seed=5)
-    layers = make_clip_layers(np.random.default_rng([5, 0]), cfg)
+    layers, _ = make_clip_layers(np.random.default_rng([5, 0]), cfg)
+    assert any(layer.joint is not None and layer.joint.speed > 0 for layer in layers)  # swinging parts
+    assert layers[0].camera is not None and layers[0].camera.velocity != (0.0, 0.0)  # the camera moves
     frame0, owner = render_frame(layers, 3, cfg.height, cfg.width)
     frame1, owner1 = render_frame(layers, 4, cfg.height, cfg.width)
     flow = ground_truth_flow(layers, owner, 3)

@@ -1,8 +1,9 @@
 """Embedded ImageNet-style world (`bench world imagenet`): train/<wnid>/*.JPEG and val/<wnid>/*.JPEG.
 
-Each image shows one large object of its class (the class's shape, colour and texture statistics,
-bench/world/objects.py) and sometimes a smaller distractor of another class, over clutter. Class
-folders use made-up WordNet-style ids (n9xxxxxxx), which no real synset has.
+Each image shows one large object of its class (the 20 shape classes of bench/world/shapes.py, with
+colour and texture drawn per instance, bench/world/objects.py) and sometimes a smaller distractor of
+another class behind it, over a background drawn from the same appearance distribution. Class folders
+use made-up WordNet-style ids (n9xxxxxxx), which no real synset has.
 """
 from __future__ import annotations
 
@@ -15,20 +16,19 @@ import numpy as np
 
 from cpfs_bench.bench.parallel import parallel_map, worker_count
 from cpfs_bench.bench.runs import progress_bar
-from cpfs_bench.bench.world.objects import background, class_appearance, object_mask, object_texture
-
-# offset so the ImageNet world's classes look different from the VOC world's 20
-CLASS_SEED_OFFSET = 1000
+from cpfs_bench.bench.voc_format import VOC_CLASSES
+from cpfs_bench.bench.world.objects import WORLD_VERSION, still_scene
+from cpfs_bench.bench.world.shapes import CLASS_PARTS
 
 
 @dataclass
 class ImageNetWorldConfig:
     out: str = ""
     seed: int = 0
-    classes: int = 20
-    train_per_class: int = 60
-    val_per_class: int = 15
-    size: int = 160  # square images, like ImageNet's after the usual resize
+    classes: int = 20  # at most the 20 shape classes
+    train_per_class: int = 100
+    val_per_class: int = 50
+    size: int = 160  # square images; the readers resize them as ImageNet's
     workers: int = 0
 
 
@@ -36,19 +36,16 @@ def wnid(k: int) -> str:
     return f"n9{k:07d}"
 
 
-def draw_image(rng: np.random.Generator, seed: int, cls: int, n_classes: int, size: int) -> np.ndarray:
-    image = background((size, size), rng)
-    layers = [cls]
-    if rng.random() < 0.3:
-        layers.insert(0, int(rng.integers(n_classes)))  # a distractor behind the main object
-    for i, c in enumerate(layers):
-        main = i == len(layers) - 1
-        appearance = class_appearance(seed + CLASS_SEED_OFFSET, c)
-        extent = float(rng.uniform(0.45, 0.8) if main else rng.uniform(0.15, 0.3)) * size
-        center = (float(rng.uniform(0.35, 0.65) * size), float(rng.uniform(0.35, 0.65) * size)) if main else \
-            (float(rng.uniform(0, size)), float(rng.uniform(0, size)))
-        mask = object_mask(appearance, (size, size), center, extent, float(rng.normal(0, 0.3)), rng)
-        image[mask] = object_texture(appearance, (size, size), center, extent, rng)[mask]
+def draw_image(rng: np.random.Generator, cls: int, n_classes: int, size: int) -> np.ndarray:
+    """One BGR image (size, size, 3) of class `cls`."""
+    placements = []
+    if rng.random() < 0.3:  # a smaller distractor of another class behind the main object
+        other = int((cls + rng.integers(1, n_classes)) % n_classes) if n_classes > 1 else cls
+        placements.append((other, (float(rng.uniform(0, size)), float(rng.uniform(0, size))),
+                           float(rng.uniform(0.12, 0.2) * size)))
+    placements.append((cls, (float(rng.uniform(0.4, 0.6) * size), float(rng.uniform(0.4, 0.6) * size)),
+                       float(rng.uniform(0.3, 0.45) * size)))
+    image, _, _ = still_scene(rng, size, size, placements)
     return image
 
 
@@ -56,10 +53,13 @@ def write_one(args) -> None:
     cfg, split, cls, index, path = args
     cv2.setNumThreads(1)
     rng = np.random.default_rng([cfg.seed, 0 if split == "train" else 1, cls, index])
-    cv2.imwrite(path, draw_image(rng, cfg.seed, cls, cfg.classes, cfg.size), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    cv2.imwrite(path, draw_image(rng, cls, cfg.classes, cfg.size), [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
 def write_imagenet_world(cfg: ImageNetWorldConfig, progress: bool = True) -> Path:
+    """Write the class-folder tree (see the module docstring); returns cfg.out."""
+    if not 1 <= cfg.classes <= len(CLASS_PARTS):
+        raise ValueError(f"classes must be 1..{len(CLASS_PARTS)} (the world's shape classes), got {cfg.classes}")
     out = Path(cfg.out)
     jobs = []
     val_counter = 0
@@ -77,6 +77,6 @@ def write_imagenet_world(cfg: ImageNetWorldConfig, progress: bool = True) -> Pat
     images = parallel_map(write_one, jobs, worker_count(cfg.workers, len(jobs)), ordered=False, chunksize=16)
     for _ in progress_bar(images, total=len(jobs), desc="world imagenet", unit="image", disable=not progress):
         pass
-    (out / "world.json").write_text(json.dumps({"kind": "imagenet", "config": asdict(cfg),
-                                                "classes": [wnid(k) for k in range(cfg.classes)]}, indent=1))
+    (out / "world.json").write_text(json.dumps({"kind": "imagenet", "world_version": WORLD_VERSION, "config": asdict(cfg),
+                                                "classes": {wnid(k): VOC_CLASSES[k] for k in range(cfg.classes)}}, indent=1))
     return out

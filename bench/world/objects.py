@@ -1,129 +1,138 @@
-"""Procedural object classes: each class has its own shape, colour and texture statistics, so a better
-feature extractor can tell them apart; instances vary in size, pose, colour and pattern phase."""
+"""The one object model of every embedded world (videos, VOC, ImageNet).
+
+A class is a silhouette made of parts (bench/world/shapes.py); classes differ only in shape: their
+parts, proportions and which parts move on their own (limbs swing, wheels spin). Colour and texture
+are drawn per instance from one distribution shared by every class and by the background, with
+texture scales fixed in image pixels, so appearance statistics carry no class information and an
+object's extent is hard to see in a still frame but obvious when it moves.
+
+An instance becomes layers (bench/world/layers.py): its rigid parts on one layer, each moving part
+on its own, all sharing the instance's texture.
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-SHAPES = ("ellipse", "rectangle", "triangle", "star", "hexagon", "cross", "crescent")
+from cpfs_bench.bench.world.layers import Joint, Layer, Motion, render_frame
+from cpfs_bench.bench.world.shapes import CANVAS_EXTENT, CLASS_PARTS, Part
+
+# changes whenever what a seed draws changes; part of the default worlds' cache keys and world.json
+WORLD_VERSION = 2
+# object texture canvas side, px; object units [-CANVAS_EXTENT, CANVAS_EXTENT] span it
+CANVAS = 160
 
 
-@dataclass(frozen=True)
-class ClassAppearance:
-    shape: str
-    aspect: float  # width / height of the shape's box
-    hue: float  # OpenCV hue 0..180
-    saturation: float
-    value: float
-    pattern: str  # "stripes", "dots", "checks", "plain-noise"
-    period: float  # pattern period in object-size units
-    pattern_angle: float  # radians
-    contrast: float
-
-
-def class_appearance(seed: int, index: int) -> ClassAppearance:
-    """The appearance statistics of class `index` of a world drawn with `seed` (deterministic)."""
-    rng = np.random.default_rng([seed, 7919, index])
-    return ClassAppearance(
-        shape=SHAPES[index % len(SHAPES)],
-        aspect=float(np.exp(rng.uniform(-0.6, 0.6))),
-        hue=float((index * 53 + rng.uniform(0, 20)) % 180),
-        saturation=float(rng.uniform(120, 250)),
-        value=float(rng.uniform(110, 240)),
-        pattern=("stripes", "dots", "checks", "plain-noise")[(index // len(SHAPES) + index) % 4],
-        period=float(rng.uniform(0.08, 0.3)),
-        pattern_angle=float(rng.uniform(0, math.pi)),
-        contrast=float(rng.uniform(0.25, 0.6)),
-    )
-
-
-def shape_polygon(shape: str, rng: np.random.Generator) -> np.ndarray | None:
-    """Outline of a shape in the unit box [-1, 1]^2 as (K, 2) points; None for an ellipse."""
-    if shape == "ellipse":
-        return None
-    if shape == "rectangle":
-        return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float)
-    if shape == "triangle":
-        return np.array([[0, -1], [1, 1], [-1, 1]], float)
-    if shape == "hexagon":
-        a = np.arange(6) * math.pi / 3
-        return np.stack([np.cos(a), np.sin(a)], 1)
-    if shape == "star":
-        a = np.arange(10) * math.pi / 5 - math.pi / 2
-        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
-        return np.stack([r * np.cos(a), r * np.sin(a)], 1)
-    if shape == "cross":
-        t = 0.35
-        return np.array([[-t, -1], [t, -1], [t, -t], [1, -t], [1, t], [t, t], [t, 1], [-t, 1], [-t, t], [-1, t],
-                         [-1, -t], [-t, -t]], float)
-    if shape == "crescent":
-        a = np.linspace(-math.pi / 2, math.pi / 2, 16)
-        outer = np.stack([np.cos(a), np.sin(a)], 1)
-        inner = np.stack([0.35 * np.cos(a[::-1]), np.sin(a[::-1])], 1)
-        return np.concatenate([outer, inner])
-    raise ValueError(shape)
-
-
-def object_mask(appearance: ClassAppearance, shape_hw: tuple[int, int], center, size: float, angle: float,
-                rng: np.random.Generator) -> np.ndarray:
-    """Boolean mask (H, W) of one instance: box of height `size` px, rotated by `angle` rad."""
-    h, w = shape_hw
-    mask = np.zeros((h, w), np.uint8)
-    half_w = size * appearance.aspect / 2
-    half_h = size / 2
-    poly = shape_polygon(appearance.shape, rng)
-    if poly is None:
-        cv2.ellipse(mask, (int(round(center[0])), int(round(center[1]))), (int(half_w), int(half_h)),
-                    math.degrees(angle), 0, 360, 1, -1)
-        return mask.astype(bool)
-    pts = poly * [half_w, half_h]
-    c, s = math.cos(angle), math.sin(angle)
-    pts = pts @ np.array([[c, s], [-s, c]]) + np.asarray(center, float)
-    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
-    return mask.astype(bool)
-
-
-def object_texture(appearance: ClassAppearance, shape_hw: tuple[int, int], center, size: float,
-                   rng: np.random.Generator) -> np.ndarray:
-    """BGR uint8 (H, W, 3) texture filling the whole canvas with the class's colour and pattern."""
-    h, w = shape_hw
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    u = (xs - center[0]) / size
-    v = (ys - center[1]) / size
-    a = appearance.pattern_angle + rng.normal(0, 0.15)
-    along = u * math.cos(a) + v * math.sin(a)
-    across = -u * math.sin(a) + v * math.cos(a)
-    f = 2 * math.pi / appearance.period
-    phase = rng.uniform(0, 2 * math.pi)
-    if appearance.pattern == "stripes":
-        p = np.sin(along * f + phase)
-    elif appearance.pattern == "dots":
-        p = np.sin(along * f + phase) * np.sin(across * f + phase) > 0.5
-        p = p.astype(np.float32) * 2 - 1
-    elif appearance.pattern == "checks":
-        p = np.sign(np.sin(along * f + phase) * np.sin(across * f))
-    else:
-        small = rng.standard_normal((max(2, h // 12), max(2, w // 12))).astype(np.float32)
-        p = np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC), -1.5, 1.5) / 1.5
-    hue = (appearance.hue + rng.normal(0, 4)) % 180
-    sat = np.clip(appearance.saturation + rng.normal(0, 15), 0, 255)
-    val = np.clip(appearance.value * (1 + appearance.contrast * p) + rng.normal(0, 10), 0, 255)
-    hsv = np.empty((h, w, 3), np.uint8)
-    hsv[..., 0] = int(hue)
-    hsv[..., 1] = int(sat)
-    hsv[..., 2] = val.astype(np.uint8)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
-
-
-def background(shape_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Cluttered smooth colour-noise background, BGR uint8 (H, W, 3)."""
-    h, w = shape_hw
-    img = np.zeros((h, w, 3), np.float32)
-    for cells, weight in ((3, 60.0), (10, 30.0), (40, 12.0)):
-        small = rng.standard_normal((cells, max(2, cells * w // max(h, 1)), 3)).astype(np.float32)
-        img += weight * cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    img += rng.uniform(70, 170, size=3).astype(np.float32)
+def make_texture(rng: np.random.Generator, h: int, w: int, scale: float = 1.0) -> np.ndarray:
+    """A colourful multi-scale noise texture, uint8 (h, w, 3), of texture pixels that will be shown at
+    `scale` image px each. Feature sizes are drawn in image pixels, so a texture looks statistically
+    the same whatever it covers (background, a large object or a small one)."""
+    field = np.zeros((h, w), np.float32)
+    coarsest = rng.uniform(60, 200)  # image px
+    for octave, weight in enumerate((1.0, 0.6, 0.45, 0.3)):
+        period = coarsest / 3**octave / scale  # texture px
+        cells_h, cells_w = max(2, round(h / period) + 1), max(2, round(w / period) + 1)
+        small = rng.standard_normal((cells_h, cells_w)).astype(np.float32)
+        field += weight * cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    if rng.random() < 0.5:  # stripes give some textures an oriented pattern
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        angle, period = rng.uniform(0, np.pi), rng.uniform(6, 20) / scale
+        field += 0.8 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
+    field = (field - field.min()) / (np.ptp(field) + 1e-6)
+    palette = rng.uniform(0, 255, size=(3, 3)).astype(np.float32)  # three colours, blended by the field
+    t = field[..., None]
+    img = np.where(t < 0.5, palette[0] * (1 - 2 * t) + palette[1] * 2 * t,
+                   palette[1] * (2 - 2 * t) + palette[2] * (2 * t - 1))
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def to_canvas(u: float, v: float) -> tuple[float, float]:
+    """Object units -> texture canvas px."""
+    k = CANVAS / (2 * CANVAS_EXTENT)
+    return (u + CANVAS_EXTENT) * k, (v + CANVAS_EXTENT) * k
+
+
+def draw_part(mask: np.ndarray, part: Part) -> None:
+    """Fill one part (object units) into a (CANVAS, CANVAS) uint8 mask with 255."""
+    k = CANVAS / (2 * CANVAS_EXTENT)
+    cx, cy = to_canvas(part.cx, part.cy)
+    rx, ry = part.rx * k, part.ry * k
+    if part.kind == "ellipse":
+        cv2.ellipse(mask, (round(cx * 16), round(cy * 16)), (round(rx * 16), round(ry * 16)), part.angle, 0, 360,
+                    255, -1, cv2.LINE_8, 4)
+        return
+    if part.kind == "box":
+        pts = np.array([[-rx, -ry], [rx, -ry], [rx, ry], [-rx, ry]])
+    elif part.kind == "tri":  # apex up, base down, before rotation
+        pts = np.array([[0, -ry], [rx, ry], [-rx, ry]])
+    else:
+        raise ValueError(f"unknown part kind {part.kind!r}")
+    a = math.radians(part.angle)
+    rot = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
+    pts = pts @ rot + [cx, cy]
+    cv2.fillPoly(mask, [np.round(pts * 16).astype(np.int32)], 255, cv2.LINE_8, 4)
+
+
+_SIZE_CACHE: dict[int, float] = {}
+
+
+def class_size(cls: int) -> float:
+    """The size of class `cls`'s silhouette at rest, canvas px: the geometric mean of its square root
+    of area and its box's half diagonal, so that thin classes (chair, table) and compact ones (bus)
+    drawn at one size differ moderately in both area and extent."""
+    if cls not in _SIZE_CACHE:
+        mask = np.zeros((CANVAS, CANVAS), np.uint8)
+        for part in CLASS_PARTS[cls]:
+            draw_part(mask, part)
+        ys, xs = np.nonzero(mask > 127)
+        half_diagonal = math.hypot(np.ptp(xs) + 1, np.ptp(ys) + 1) / 2
+        _SIZE_CACHE[cls] = math.sqrt(math.sqrt(float(xs.size)) * half_diagonal)
+    return _SIZE_CACHE[cls]
+
+
+def instance_layers(rng: np.random.Generator, cls: int, instance: int, center: tuple[float, float],
+                    size_px: float, motion: dict | None = None, animate: bool = False,
+                    camera: Motion | None = None) -> list[Layer]:
+    """The layers of one instance of class `cls` (index into CLASS_PARTS) of size `size_px` (image
+    px; see class_size: about the square root of its area), centred at `center` (image px) at t = 0, mirrored at random, with its
+    own texture; rigid parts on one layer, each moving part on its own (behind or in front).
+
+    motion: extra Motion fields (velocity, spin, growth) for videos. animate: moving parts swing and
+    wheels spin over time (videos); otherwise each is drawn at a random point of its motion."""
+    scale = size_px / class_size(cls)
+    texture = make_texture(rng, CANVAS, CANVAS, scale)
+    pose = Motion(center0=(float(center[0]), float(center[1])), angle0=float(rng.normal(0, 0.2)), scale0=scale,
+                  flip=bool(rng.random() < 0.5), **(motion or {}))
+    swing_speed = float(rng.uniform(0.15, 0.4)) if animate else 0.0  # rad / frame
+    rigid = np.zeros((CANVAS, CANVAS), np.uint8)
+    behind, front = [], []
+    for part in CLASS_PARTS[cls]:
+        if part.pivot is None and part.spin == 0:
+            draw_part(rigid, part)
+            continue
+        mask = np.zeros((CANVAS, CANVAS), np.uint8)
+        draw_part(mask, part)
+        if part.pivot is not None:
+            joint = Joint(pivot=to_canvas(*part.pivot), amplitude=math.radians(part.swing), speed=swing_speed,
+                          phase=float(rng.uniform(0, 2 * math.pi)))
+        else:  # a wheel
+            joint = Joint(pivot=to_canvas(part.cx, part.cy), angle0=float(rng.uniform(0, 2 * math.pi)),
+                          spin=part.spin * float(rng.choice([-1, 1])) if animate else 0.0)
+        (front if part.front else behind).append(Layer(texture, mask, pose, joint, instance, camera))
+    return behind + [Layer(texture, rigid, pose, None, instance, camera)] + front
+
+
+def still_scene(rng: np.random.Generator, h: int, w: int,
+                placements: list[tuple[int, tuple[float, float], float]]) -> tuple[np.ndarray, np.ndarray, list[Layer]]:
+    """A still image of objects over a background: placements are (class, centre px, size px), back
+    to front. Returns BGR uint8 (h, w, 3), the instance owning each pixel (h, w) int32 (-1 for the
+    background; instance i is placements[i]) and the layers (for full_masks)."""
+    background = Layer(make_texture(rng, h + 16, w + 16), None, Motion(center0=(w / 2, h / 2)))
+    layers = [background]
+    for i, (cls, center, size) in enumerate(placements):
+        layers += instance_layers(rng, cls, i, center, size)
+    image, owner = render_frame(layers, 0, h, w)
+    instances = np.array([layer.instance for layer in layers], np.int32)[owner]
+    return image, instances, layers

@@ -32,7 +32,8 @@ from PIL import Image
 from cpfs_bench.bench.parallel import parallel_map, worker_count
 from cpfs_bench.bench.runs import progress_bar
 from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette
-from cpfs_bench.bench.world.objects import background, class_appearance, object_mask, object_texture
+from cpfs_bench.bench.world.layers import full_masks
+from cpfs_bench.bench.world.objects import WORLD_VERSION, still_scene
 
 POSES = ("Left", "Right", "Frontal", "Rear", "Unspecified")
 BORDER_KERNEL = np.ones((5, 5), np.uint8)
@@ -51,29 +52,22 @@ class VOCWorldConfig:
     workers: int = 0
 
 
-def draw_scene(rng: np.random.Generator, seed: int, h: int, w: int):
+def draw_scene(rng: np.random.Generator, h: int, w: int):
     """One image with 1-4 objects. Returns BGR image, per-object list of dicts (class, visible mask,
     truncated, difficult, pose, visible fraction), in drawing order (back to front)."""
-    image = background((h, w), rng)
+    placements = [(int(rng.integers(len(VOC_CLASSES))),
+                   (float(rng.uniform(0.05, 0.95) * w), float(rng.uniform(0.05, 0.95) * h)),
+                   float(rng.uniform(0.12, 0.4) * min(h, w))) for _ in range(int(rng.integers(1, 5)))]
+    image, instances, layers = still_scene(rng, h, w, placements)
+    pad = max(h, w)  # the whole silhouette fits, so truncation is measurable
+    full = full_masks(layers, 0, h, w, pad)
     objects = []
-    for _ in range(int(rng.integers(1, 5))):
-        cls = int(rng.integers(len(VOC_CLASSES)))
-        appearance = class_appearance(seed, cls)
-        size = float(rng.uniform(0.2, 0.75) * min(h, w))
-        center = (float(rng.uniform(0.05, 0.95) * w), float(rng.uniform(0.05, 0.95) * h))
-        angle = float(rng.normal(0, 0.25))
-        pad = int(size * 1.5)
-        # draw on a padded canvas to know the object's full extent, so truncation is measurable
-        full = object_mask(appearance, (h + 2 * pad, w + 2 * pad), (center[0] + pad, center[1] + pad), size, angle, rng)
-        inside = full[pad:pad + h, pad:pad + w]
+    for i, (cls, _, _) in enumerate(placements):
+        inside = full[i][pad:pad + h, pad:pad + w]
         if not inside.any():
             continue
-        texture = object_texture(appearance, (h, w), center, size, rng)
-        image[inside] = texture[inside]
-        for other in objects:  # this object occludes the ones drawn before it
-            other["visible"] &= ~inside
-        objects.append({"class": cls, "visible": inside.copy(), "full_area": int(full.sum()),
-                        "truncated": bool(inside.sum() < full.sum()), "pose": POSES[int(rng.integers(len(POSES)))]})
+        objects.append({"class": cls, "visible": instances == i, "full_area": int(full[i].sum()),
+                        "truncated": bool(inside.sum() < full[i].sum()), "pose": POSES[int(rng.integers(len(POSES)))]})
     kept = []
     for o in objects:
         area = int(o["visible"].sum())
@@ -138,7 +132,7 @@ def write_image(args) -> dict:
     rng = np.random.default_rng([cfg.seed, int(year), _id_number(image_id)])
     h = int(rng.integers(cfg.min_size, cfg.max_size + 1))
     w = int(rng.integers(cfg.min_size, cfg.max_size + 1))
-    image, objects = draw_scene(rng, cfg.seed, h, w)
+    image, objects = draw_scene(rng, h, w)
     root = Path(cfg.out) / "VOCdevkit" / f"VOC{year}"
     cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
     (root / "Annotations" / f"{image_id}.xml").write_text(annotation_xml(image_id, year, w, h, objects, segmented))
@@ -259,6 +253,6 @@ def write_voc_world(cfg: VOCWorldConfig, progress: bool = True) -> Path:
     # FCN's seg11valid: VOC2011 segmentation val images that SBD's training set does not contain
     seg11valid = [i for i in seg_val12 if int(i[:4]) <= 2011 and i not in set(sbd_train)]
     _write_list(out / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "seg11valid.txt", seg11valid)
-    (out / "world.json").write_text(json.dumps({"kind": "voc", "config": asdict(cfg),
+    (out / "world.json").write_text(json.dumps({"kind": "voc", "world_version": WORLD_VERSION, "config": asdict(cfg),
                                                 "images": [records[k] for k in sorted(records)]}, indent=0))
     return out
