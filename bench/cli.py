@@ -291,6 +291,8 @@ def _supervised_option(name, **kw):
 @_supervised_option("batch-size", type=POSITIVE)
 @_supervised_option("lr", type=POSITIVE_FLOAT)
 @_supervised_option("lr-step", type=POSITIVE, help="Epochs between lr drops (x0.1).")
+@_supervised_option("min-crop-scale", type=click.FloatRange(0.01, 1.0),
+                    help="Smallest area fraction of the random-resized training crops.")
 @click.option("--preset", type=click.Choice(sorted(SUPERVISED_PRESETS)), default=None,
               help="smoke: a short run for the embedded world (its default); options you type win; recorded.")
 @click.option("--seed", type=int, default=defaults_of(SupervisedConfig)["seed"], show_default=True)

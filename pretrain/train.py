@@ -63,7 +63,7 @@ class PretrainConfig:
     data: str | None = None  # a `bench flow` folder; None = the embedded default world
     out: str | None = None  # None = runs/pretrain-<loss>
     arch: str = "caffenet_bn"
-    iters: int = 100
+    iters: int = 800
     batch_size: int = 8
     pixels: int = 512  # sampled pixels per image (the sparsity trick)
     hidden: int = 256  # hidden width of the head's MLP (4928 -> hidden -> D)

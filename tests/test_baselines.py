@@ -49,5 +49,5 @@ def test_supervised_baseline_run_folder_checkpoint_and_resume_rules(tiny_imagene
 
 def test_supervised_preset_never_overrides_typed_values(tmp_path):
     cfg, dev = resolve_config(SupervisedConfig(data=str(tmp_path), preset="smoke", epochs=2), explicit={"epochs"})
-    assert (cfg.epochs, cfg.batch_size, cfg.lr_step) == (2, 32, 3)
-    assert dev == {"epochs": 2, "batch_size": 32, "lr_step": 3, "preset": "smoke"}
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_step, cfg.min_crop_scale) == (2, 32, 0.003, 7, 0.35)
+    assert dev == {"epochs": 2, "batch_size": 32, "lr": 0.003, "lr_step": 7, "min_crop_scale": 0.35, "preset": "smoke"}

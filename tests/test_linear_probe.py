@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from cpfs_bench.bench.checkpoint import CheckpointError, save_checkpoint
-from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig, write_imagenet_world
 from cpfs_bench.evaluate.backbone import assert_trunk_unchanged, load_trunk, trunk_fingerprint
 from cpfs_bench.evaluate.features import pooled_dims, pooled_features
 from cpfs_bench.evaluate.linear_probe import LayerProbes, ProbeConfig, run
@@ -86,33 +85,6 @@ def test_probe_learns_a_planted_linear_signal():
     probes.eval()
     accuracy = (probes({"conv3": x[1500:]})["conv3"].argmax(1) == y[1500:]).float().mean().item()
     assert accuracy > 0.85  # chance 0.2
-
-
-@pytest.mark.slow
-def test_trained_trunk_beats_random_trunk_on_the_embedded_world(tmp_path):
-    from cpfs_bench.baselines.random_init import write_random_checkpoint
-    from cpfs_bench.baselines.supervised import SupervisedConfig
-    from cpfs_bench.baselines.supervised import run as train_supervised
-
-    root = tmp_path / "imagenet"  # 6 classes x 30 train / 10 val images
-    write_imagenet_world(ImageNetWorldConfig(out=str(root), classes=6, train_per_class=30, val_per_class=10, size=96,
-                                             workers=1), progress=False)
-    # `bench baseline supervised`, the reference recipe's lr, shortened: 20 epochs of 5 steps, no lr drop
-    trained = train_supervised(SupervisedConfig(data=str(root), out=str(tmp_path / "sup"), epochs=20, batch_size=32,
-                                                lr_step=20), progress=False)
-    assert trained["val_top1"] > 50  # it learned the classes (chance: 16.7 %)
-    ckpts = {"random": write_random_checkpoint(tmp_path / "random.pt", seed=1), "trained": trained["checkpoint"]}
-    top1 = {}
-    for name, ckpt in ckpts.items():
-        out = run(ProbeConfig(ckpt=str(ckpt), data=str(root), epochs=3, batch_size=32,
-                              out=str(tmp_path / f"probe-{name}"), store=str(tmp_path / "r.jsonl")), progress=False)
-        top1[name] = {layer: v["top1"] for layer, v in out["scores"].items()}
-    records = read_records(tmp_path / "r.jsonl")
-    assert {r["method"] for r in records} == {"random", "supervised"}  # the baselines name their rows
-    # measured (seed 0): random 75/90/73/73/72, supervised 72/92/93/97/98 top-1 % for conv1..conv5
-    for layer in ("conv3", "conv4", "conv5"):
-        assert top1["trained"][layer] >= top1["random"][layer] + 10, (layer, top1)
-    assert max(top1["trained"].values()) > max(top1["random"].values()), top1
 
 
 @pytest.fixture(scope="module")

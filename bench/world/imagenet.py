@@ -44,7 +44,7 @@ def draw_image(rng: np.random.Generator, cls: int, n_classes: int, size: int) ->
         placements.append((other, (float(rng.uniform(0, size)), float(rng.uniform(0, size))),
                            float(rng.uniform(0.12, 0.2) * size)))
     placements.append((cls, (float(rng.uniform(0.4, 0.6) * size), float(rng.uniform(0.4, 0.6) * size)),
-                       float(rng.uniform(0.3, 0.45) * size)))
+                       float(rng.uniform(0.45, 0.6) * size)))
     image, _, _ = still_scene(rng, size, size, placements)
     return image
 

@@ -23,6 +23,8 @@ from cpfs_bench.bench.world.shapes import CANVAS_EXTENT, CLASS_PARTS, Part
 WORLD_VERSION = 2
 # object texture canvas side, px; object units [-CANVAS_EXTENT, CANVAS_EXTENT] span it
 CANVAS = 160
+# how far a texture's three colours stray from its base colour (0..255 per channel)
+TEXTURE_SPREAD = 45.0
 
 
 def make_texture(rng: np.random.Generator, h: int, w: int, scale: float = 1.0) -> np.ndarray:
@@ -39,9 +41,12 @@ def make_texture(rng: np.random.Generator, h: int, w: int, scale: float = 1.0) -
     if rng.random() < 0.5:  # stripes give some textures an oriented pattern
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         angle, period = rng.uniform(0, np.pi), rng.uniform(6, 20) / scale
-        field += 0.8 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
+        field += 0.5 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
     field = (field - field.min()) / (np.ptp(field) + 1e-6)
-    palette = rng.uniform(0, 255, size=(3, 3)).astype(np.float32)  # three colours, blended by the field
+    # three colours near one base colour, blended by the field: a texture's own contrast is moderate,
+    # so the strongest edges are where one texture meets another (an object's outline)
+    base = rng.uniform(TEXTURE_SPREAD, 255 - TEXTURE_SPREAD, size=3)
+    palette = (base + rng.uniform(-TEXTURE_SPREAD, TEXTURE_SPREAD, size=(3, 3))).astype(np.float32)
     t = field[..., None]
     img = np.where(t < 0.5, palette[0] * (1 - 2 * t) + palette[1] * 2 * t,
                    palette[1] * (2 - 2 * t) + palette[2] * (2 * t - 1))

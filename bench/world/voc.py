@@ -43,8 +43,8 @@ BORDER_KERNEL = np.ones((5, 5), np.uint8)
 class VOCWorldConfig:
     out: str = ""
     seed: int = 0
-    voc07_trainval: int = 250
-    voc07_test: int = 250
+    voc07_trainval: int = 500
+    voc07_test: int = 500
     voc12_trainval: int = 250
     seg_fraction: float = 0.4  # share of images with segmentation masks
     min_size: int = 200  # image sides are drawn in [min_size, max_size]
@@ -57,7 +57,7 @@ def draw_scene(rng: np.random.Generator, h: int, w: int):
     truncated, difficult, pose, visible fraction), in drawing order (back to front)."""
     placements = [(int(rng.integers(len(VOC_CLASSES))),
                    (float(rng.uniform(0.05, 0.95) * w), float(rng.uniform(0.05, 0.95) * h)),
-                   float(rng.uniform(0.12, 0.4) * min(h, w))) for _ in range(int(rng.integers(1, 5)))]
+                   float(rng.uniform(0.2, 0.5) * min(h, w))) for _ in range(int(rng.integers(1, 5)))]
     image, instances, layers = still_scene(rng, h, w, placements)
     pad = max(h, w)  # the whole silhouette fits, so truncation is measurable
     full = full_masks(layers, 0, h, w, pad)
