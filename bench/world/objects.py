@@ -11,6 +11,7 @@ on its own, all sharing the instance's texture.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -80,21 +81,17 @@ def draw_part(mask: np.ndarray, part: Part) -> None:
     cv2.fillPoly(mask, [np.round(pts * 16).astype(np.int32)], 255, cv2.LINE_8, 4)
 
 
-_SIZE_CACHE: dict[int, float] = {}
-
-
+@functools.cache
 def class_size(cls: int) -> float:
     """The size of class `cls`'s silhouette at rest, canvas px: the geometric mean of its square root
     of area and its box's half diagonal, so that thin classes (chair, table) and compact ones (bus)
     drawn at one size differ moderately in both area and extent."""
-    if cls not in _SIZE_CACHE:
-        mask = np.zeros((CANVAS, CANVAS), np.uint8)
-        for part in CLASS_PARTS[cls]:
-            draw_part(mask, part)
-        ys, xs = np.nonzero(mask > 127)
-        half_diagonal = math.hypot(np.ptp(xs) + 1, np.ptp(ys) + 1) / 2
-        _SIZE_CACHE[cls] = math.sqrt(math.sqrt(float(xs.size)) * half_diagonal)
-    return _SIZE_CACHE[cls]
+    mask = np.zeros((CANVAS, CANVAS), np.uint8)
+    for part in CLASS_PARTS[cls]:
+        draw_part(mask, part)
+    ys, xs = np.nonzero(mask > 127)
+    half_diagonal = math.hypot(np.ptp(xs) + 1, np.ptp(ys) + 1) / 2
+    return math.sqrt(math.sqrt(float(xs.size)) * half_diagonal)
 
 
 def instance_layers(rng: np.random.Generator, cls: int, instance: int, center: tuple[float, float],

@@ -40,8 +40,8 @@ class VideoWorldConfig:
     workers: int = 0  # 0 = every core
 
 
-def make_clip_layers(rng: np.random.Generator, cfg: VideoWorldConfig) -> tuple[list[Layer], list[dict]]:
-    """One clip's layers (background first) and a description of its camera and objects."""
+def make_clip_layers(rng: np.random.Generator, cfg: VideoWorldConfig) -> tuple[list[Layer], dict]:
+    """One clip's layers (background first) and a description: {"camera": ..., "objects": [...]}."""
     h, w, n = cfg.height, cfg.width, cfg.frames
     camera = Motion(center0=(w / 2, h / 2), velocity=tuple(float(v) for v in rng.uniform(-2.0, 2.0, size=2)),
                     spin=float(rng.uniform(-0.004, 0.004)), growth=float(rng.uniform(0.997, 1.003)))
@@ -63,7 +63,7 @@ def make_clip_layers(rng: np.random.Generator, cfg: VideoWorldConfig) -> tuple[l
         layers += parts
         objects.append({"class": VOC_CLASSES[cls], "size_px": round(size, 2), "layers": len(parts),
                         **parts[0].motion.describe()})
-    return layers, [{"camera": camera.describe()}, *objects]
+    return layers, {"camera": camera.describe(), "objects": objects}
 
 
 def write_clip(args) -> dict:
@@ -73,7 +73,7 @@ def write_clip(args) -> dict:
     import av
 
     rng = np.random.default_rng([cfg.seed, index])
-    layers, described = make_clip_layers(rng, cfg)
+    layers, description = make_clip_layers(rng, cfg)
     out = Path(cfg.out)
     name = f"clip_{index:03d}"
     flow_dir = out / "gt_flow" / name
@@ -97,7 +97,7 @@ def write_clip(args) -> dict:
         for packet in stream.encode():
             container.mux(packet)
     os.replace(tmp_path, video_path)
-    return {"name": name, "camera": described[0]["camera"], "objects": described[1:]}
+    return {"name": name, **description}
 
 
 def write_video_world(cfg: VideoWorldConfig, progress: bool = True) -> Path:
