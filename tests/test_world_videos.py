@@ -43,3 +43,15 @@ def test_world_files_deterministic_and_readable(tiny_world, tmp_path):
     frames = list(read_frames(VideoSource("clip_000", str(tiny_world / "videos" / "clip_000.mp4"), "video")))
     assert len(frames) == 6 and frames[0].shape == (240, 320, 3)
     assert not (tiny_world / "gt_flow" / "clip_000" / "000005.png").exists()  # 5 pairs for 6 frames
+
+
+def test_motion_and_joint_maps_keep_their_fixed_points():
+    """A pose maps its pivot to its centre (mirrored or not) and mirrors about it; a joint turns about its pivot."""
+    from cpfs_bench.bench.world.layers import Joint, Motion
+
+    for flip in (False, True):
+        m = Motion(center0=(50.0, 40.0), angle0=0.3, scale0=2.0, flip=flip).matrix(0, (10.0, 20.0))
+        np.testing.assert_allclose(m @ [10, 20, 1], [50, 40, 1], atol=1e-12)
+        np.testing.assert_allclose(np.linalg.det(m[:2, :2]), 4.0 * (-1 if flip else 1), atol=1e-12)
+    j = Joint(pivot=(5.0, 7.0), amplitude=0.5, speed=0.2).matrix(3)
+    np.testing.assert_allclose(j @ [5, 7, 1], [5, 7, 1], atol=1e-12)
