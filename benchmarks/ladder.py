@@ -1,9 +1,9 @@
 """The embedded world's ladder: supervised > CPFS > random, measured end to end with the `bench` CLI.
 
 For every method and seed: make the checkpoint (`bench baseline random|supervised`, `bench pretrain
---loss ...`), run the ImageNet-world linear probes and the VOC07-world SVMs with their smoke presets,
-then print top-1 / mAP per layer as mean +- sample standard deviation over seeds, with each run's
-wall time. Every step is skipped when its output already exists, so an interrupted ladder continues
+--loss ...`), run the ImageNet-world linear probes (smoke preset, as on any embedded world) and the
+VOC07-world SVMs (Goyal et al.'s full cost sweep), then print top-1 / mAP per layer as mean +- sample
+standard deviation over seeds, with each run's wall time. Every step is skipped when its output already exists, so an interrupted ladder continues
 where it stopped; rerunning with other pretraining settings needs a fresh --out.
 
     python benchmarks/ladder.py --out runs/ladder --seeds 0 1 2

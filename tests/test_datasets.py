@@ -240,3 +240,24 @@ def test_training_wrappers_follow_the_readers(voc):
         seg = VOCSegmentation(root, "2012", split, source=source)
         image, mask = seg[0]
         assert mask.shape == (image.size[1], image.size[0]) and mask.dtype == np.uint8
+
+
+def test_scene_layout_follows_its_config():
+    """1..max_objects objects per image; centre_spread pulls objects to the image centre (world v3)
+    and 0 spreads them over the whole image (v2)."""
+    from cpfs_bench.bench.world.voc import draw_scene
+
+    offsets, counts = {}, set()
+    for spread in (0.0, 0.15):
+        rng = np.random.default_rng(0)
+        d = []
+        for _ in range(60):
+            _, objects = draw_scene(rng, 200, 300, max_objects=3, object_size=(0.3, 0.7), center_spread=spread)
+            counts.add(len(objects))
+            for o in objects:
+                x1, y1, x2, y2 = o["box"]
+                d.append(abs((x1 + x2) / 2 / 300 - 0.5) + abs((y1 + y2) / 2 / 200 - 0.5))
+        offsets[spread] = float(np.mean(d))
+    assert counts <= {1, 2, 3} and {1, 3} <= counts
+    # box centres (visible extent): uniform centres ~0.4 off in x + y, normal with std 0.15 ~0.24
+    assert offsets[0.15] < offsets[0.0] - 0.1, offsets

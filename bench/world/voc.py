@@ -49,15 +49,29 @@ class VOCWorldConfig:
     seg_fraction: float = 0.4  # share of images with segmentation masks
     min_size: int = 200  # image sides are drawn in [min_size, max_size]
     max_size: int = 320
+    # Scene layout (world version 3). Photographs put their subject near the centre; with centres uniform
+    # over the image, small and 1-4 per image (version 2), pooled features of a supervised trunk reached
+    # only 20% SVM mAP at conv5 (random 15%); centre-biased, larger, 1-3 objects: 29% (random 15%).
+    max_objects: int = 3  # objects per image drawn in [1, max_objects]
+    object_size: tuple[float, float] = (0.3, 0.7)  # an object's extent, as a fraction of the shorter side
+    center_spread: float = 0.15  # centres normal about the image centre, this std (fraction of the side);
+    #                              0 = uniform over [0.05, 0.95]
     workers: int = 0
 
 
-def draw_scene(rng: np.random.Generator, h: int, w: int):
-    """One image with 1-4 objects. Returns BGR image, per-object list of dicts (class, visible mask,
+def draw_scene(rng: np.random.Generator, h: int, w: int, max_objects: int = 4, object_size=(0.2, 0.5),
+               center_spread: float = 0.0):
+    """One image with 1..max_objects objects, extents drawn in object_size (fraction of the shorter side). Returns BGR image, per-object list of dicts (class, visible mask,
     truncated, difficult, pose, visible fraction), in drawing order (back to front)."""
-    placements = [(int(rng.integers(len(VOC_CLASSES))),
-                   (float(rng.uniform(0.05, 0.95) * w), float(rng.uniform(0.05, 0.95) * h)),
-                   float(rng.uniform(0.2, 0.5) * min(h, w))) for _ in range(int(rng.integers(1, 5)))]
+    def centre():
+        if center_spread <= 0:
+            return rng.uniform(0.05, 0.95, 2)
+        return np.clip(rng.normal(0.5, center_spread, 2), 0.05, 0.95)
+
+    placements = []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        cls, (cx, cy) = int(rng.integers(len(VOC_CLASSES))), centre()
+        placements.append((cls, (float(cx * w), float(cy * h)), float(rng.uniform(*object_size) * min(h, w))))
     image, instances, layers = still_scene(rng, h, w, placements)
     pad = max(h, w)  # the whole silhouette fits, so truncation is measurable
     full = full_masks(layers, 0, h, w, pad)
@@ -132,7 +146,7 @@ def write_image(args) -> dict:
     rng = np.random.default_rng([cfg.seed, int(year), _id_number(image_id)])
     h = int(rng.integers(cfg.min_size, cfg.max_size + 1))
     w = int(rng.integers(cfg.min_size, cfg.max_size + 1))
-    image, objects = draw_scene(rng, h, w)
+    image, objects = draw_scene(rng, h, w, cfg.max_objects, cfg.object_size, cfg.center_spread)
     root = Path(cfg.out) / "VOCdevkit" / f"VOC{year}"
     cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
     (root / "Annotations" / f"{image_id}.xml").write_text(annotation_xml(image_id, year, w, h, objects, segmented))
