@@ -90,8 +90,9 @@ def classification_ap(scores, labels, metric: str) -> float:
     labels: int array (n,) with values in {1, -1, 0}: 1 positive, -1 negative,
         0 "difficult" (ignored: counts neither as positive nor as negative).
     metric: "voc07" (devkit 11-point), "all-point" (VOC2010+ area) or "sklearn"
-        (sklearn.metrics.average_precision_score, as reported by the
-        Kraehenbuehl et al. fine-tuning code).
+        (sklearn.metrics.average_precision_score on score - 1e-5 * is_positive,
+        as the Kraehenbuehl et al. fine-tuning code reports it: a positive less
+        than 1e-5 above a negative ranks below it; exact ties stay one threshold).
     Returns the AP as a Python float (see `voc_ap` for the 11-point sum), or
     float("nan") when there is no positive example (AP is undefined then; nan keeps
     it out of a nanmean over classes).
@@ -127,7 +128,8 @@ def classification_ap(scores, labels, metric: str) -> float:
     if metric == "sklearn":
         from sklearn.metrics import average_precision_score
 
-        return float(average_precision_score(y == 1, s))
+        positive = y == 1
+        return float(average_precision_score(positive, s - 1e-5 * positive))
 
     order = np.argsort(-s, kind="stable")
     y = y[order]

@@ -183,7 +183,8 @@ def test_voc_ap_rejects_bad_input():
 
 # ----------------------------------------------------------------------------- classification_ap
 
-def test_classification_sklearn_metric_is_sklearn_on_non_difficult():
+def test_classification_sklearn_metric_is_the_reference_codes():
+    """Kraehenbuehl et al.'s code: sklearn's AP over non-difficult images of score - 1e-5 * label."""
     rng = np.random.default_rng(1)
     for trial in range(20):
         n = 40
@@ -193,8 +194,13 @@ def test_classification_sklearn_metric_is_sklearn_on_non_difficult():
         if trial % 2:
             scores = np.round(scores, 1)  # ties: sklearn groups them into one threshold
         keep = labels != 0
-        expected = average_precision_score(labels[keep] == 1, scores[keep])
+        positive = labels[keep] == 1
+        expected = average_precision_score(positive, scores[keep] - 1e-5 * positive)
         assert classification_ap(scores, labels, "sklearn") == pytest.approx(expected, abs=1e-15)
+    # sklearn already scores a tie as one threshold, which the shift leaves as it is; what the shift
+    # changes is a positive less than 1e-5 above a negative: it drops below it (AP 1 -> 1/2)
+    assert average_precision_score([1, 0], [1.000005, 1.0]) == 1.0
+    assert classification_ap([1.000005, 1.0], [1, -1], "sklearn") == pytest.approx(0.5, abs=1e-12)
 
 
 def test_classification_all_point_is_interpolated_sklearn_curve_without_ties():

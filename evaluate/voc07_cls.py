@@ -1,0 +1,346 @@
+"""`bench eval voc07-cls`: Krähenbühl et al.'s VOC2007 classification fine-tuning (the paper's Table 1
+"Cls."), ported from the authors' reference code (philkr/voc-classification: src/train_cls.py,
+data.py, python_layers.py; ../shared/PROTOCOLS.md).
+
+The whole AlexNet (or the layers from --train-from on) is fine-tuned on VOC2007 trainval with a new
+20-way fc8 after drop7 and tested on VOC2007 test:
+- SGD momentum 0.9, lr 0.001 (biases x2), batch 16, 80k iterations, lr x0.5 every 10k, weight decay
+  1e-6 on every parameter, the gradient's global L2 norm clipped to 10 (before weight decay, as
+  Caffe's solver does); fc8 ~ N(0, 0.01), bias 0.1.
+- Augmentation: the image scaled by s ~ U[0.5, 2], a random 227 crop (an image smaller than the crop
+  is padded with the mean colour), a random mirror.
+- Loss: sigmoid cross-entropy summed over the labels that are not "difficult" (0 in the devkit),
+  divided by the batch size.
+- Test: each image 10 times through the training augmentation, fc8 scores summed; the first crop
+  alone gives the 1-crop score. AP per class: the reference's (scikit-learn's, ties broken against
+  the positives) and the devkit's 11-point one; both recorded, Table 1 shows the reference's.
+`--iters` scales the whole schedule (the lr step with it, unless --lr-step is typed). BatchNorm
+trunks fine-tune in train mode (batch statistics, batch 16); layers before --train-from are frozen
+with their BatchNorm in eval mode. Every difference from the protocol is a recorded deviation.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from cpfs_bench.bench.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from cpfs_bench.bench.config import protocol_values, resolve
+from cpfs_bench.bench.runs import JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device
+from cpfs_bench.bench.voc_format import VOC_CLASSES
+from cpfs_bench.evaluate.backbone import default_method_name, default_run_name, evaluation_folder, load_trunk
+from cpfs_bench.evaluate.datasets import voc_classification_labels, voc_image_path
+from cpfs_bench.evaluate.metrics import classification_ap
+
+PROTOCOL = "krahenbuhl16-voc07-cls"
+PROTOCOL_ITERS = 80000
+TRAIN_FROM = ("conv1", "fc6", "fc8")
+# smoke: a pipeline check on the embedded world (about 5 minutes on 2 cores), not a measurement
+PRESETS = {"smoke": {"iters": 300, "test_crops": 2}}
+PROTOCOL_FIELDS = ("train_from", "iters", "batch_size", "lr", "bias_lr_mult", "momentum", "weight_decay", "lr_step",
+                   "lr_gamma", "clip_grad_norm", "min_scale", "max_scale", "crop", "test_crops")
+RESUME_MUST_MATCH = ("voc", "train_from", "iters", "batch_size", "lr", "bias_lr_mult", "momentum", "weight_decay",
+                     "lr_step", "lr_gamma", "clip_grad_norm", "min_scale", "max_scale", "crop", "seed", "trunk_sha256")
+
+
+@dataclass(frozen=True)
+class VOCClsConfig:
+    ckpt: str = ""
+    voc: str | None = None  # VOCdevkit (or its parent); None = the embedded world + preset smoke
+    train_from: str = "conv1"  # conv1: every layer; fc6: fc6 on; fc8: the new classifier only
+    iters: int = PROTOCOL_ITERS
+    batch_size: int = 16
+    lr: float = 0.001
+    bias_lr_mult: float = 2.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    lr_step: int = 10000  # iterations between lr x lr_gamma; scaled with --iters unless typed
+    lr_gamma: float = 0.5
+    clip_grad_norm: float = 10.0
+    min_scale: float = 0.5
+    max_scale: float = 2.0
+    crop: int = 227
+    test_crops: int = 10
+    preset: str | None = None
+    seed: int = 0
+    out: str | None = None  # None = runs/voc07-cls-<run>-<sha>
+    store: str | None = None
+    method: str | None = None
+    name: str | None = None
+    device: str = "auto"
+    workers: int | None = None
+    ckpt_every: int = 500
+    save_minutes: float = 10.0
+    resume: bool = False
+
+
+def resolve_config(cfg: VOCClsConfig, explicit=()) -> tuple[VOCClsConfig, dict]:
+    """(cfg with the VOC folder, preset and lr step resolved, deviations from the protocol)."""
+    if cfg.voc is None:
+        from cpfs_bench.evaluate.default_data import default_voc_world
+
+        cfg = replace(cfg, voc=str(default_voc_world()), preset=cfg.preset or "smoke")
+    if cfg.train_from not in TRAIN_FROM:
+        raise ValueError(f"unknown --train-from {cfg.train_from!r}; choose from {TRAIN_FROM}")
+    if not 0 < cfg.min_scale <= cfg.max_scale:
+        raise ValueError(f"need 0 < min_scale <= max_scale, got {cfg.min_scale} and {cfg.max_scale}")
+    cfg, deviations = resolve(cfg, PRESETS, explicit, protocol_values(VOCClsConfig, PROTOCOL_FIELDS))
+    if "lr_step" not in set(explicit) and cfg.iters != PROTOCOL_ITERS:  # one --iters scales the whole schedule
+        cfg = replace(cfg, lr_step=max(1, round(cfg.lr_step * cfg.iters / PROTOCOL_ITERS)))
+        deviations["lr_step"] = cfg.lr_step
+    return cfg, deviations
+
+
+def step_lr(cfg: VOCClsConfig, it: int) -> float:
+    """Caffe's "step" policy: lr * gamma^floor(it / lr_step)."""
+    return cfg.lr * cfg.lr_gamma ** (it // cfg.lr_step)
+
+
+class ScaleCropMirror:
+    """The reference's augmentation on a PIL image: scale by s ~ U[min_scale, max_scale], pad to at least
+    crop x crop with the mean colour, random crop, random mirror; -> normalised (3, crop, crop).
+    Draws from `generator` (torch), so test crops are reproducible per image."""
+
+    def __init__(self, mean, std, min_scale: float = 0.5, max_scale: float = 2.0, crop: int = 227):
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.min_scale, self.max_scale, self.crop = min_scale, max_scale, crop
+
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        u = torch.rand(4, generator=generator).tolist()
+        s = self.min_scale + (self.max_scale - self.min_scale) * u[0]
+        w, h = image.size
+        image = image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)
+        x = (x - self.mean) / self.std  # padding with zeros below = padding with the mean colour
+        _, h, w = x.shape
+        if h < self.crop or w < self.crop:
+            x = F.pad(x, (0, max(0, self.crop - w), 0, max(0, self.crop - h)))
+            _, h, w = x.shape
+        top, left = int(u[1] * (h - self.crop + 1)), int(u[2] * (w - self.crop + 1))
+        x = x[:, top:top + self.crop, left:left + self.crop]
+        return x.flip(-1) if u[3] < 0.5 else x
+
+
+class VOCClassification(Dataset):
+    """One VOC split's images with their image-level labels: item i -> (image tensor, labels int8 (20,) in
+    {1, -1, 0}). With `crops` > 1 an item is `crops` augmented views (crops, 3, H, W), drawn from a
+    generator seeded by (seed, i): the same test crops on every run."""
+
+    def __init__(self, root, year: str, split: str, transform: ScaleCropMirror, crops: int = 0, seed: int = 0):
+        self.root, self.year = root, year
+        self.ids, self.labels = voc_classification_labels(root, year, split)
+        self.transform, self.crops, self.seed = transform, crops, seed
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        image = Image.open(voc_image_path(self.root, self.year, self.ids[i])).convert("RGB")
+        labels = torch.from_numpy(self.labels[i].astype(np.int64))
+        if not self.crops:
+            return self.transform(image), labels
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        return torch.stack([self.transform(image, generator) for _ in range(self.crops)]), labels
+
+
+def multilabel_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sigmoid cross-entropy summed over the labels that are not difficult, / batch size.
+    logits (B, C) float; labels (B, C) in {1, -1, 0} (0 = difficult: ignored)."""
+    target = (labels == 1).to(logits.dtype)
+    keep = (labels != 0).to(logits.dtype)
+    return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * keep).sum() / len(logits)
+
+
+class VOCClassifier(nn.Module):
+    """Trunk up to drop7 -> a new fc8 (4096 -> 20), N(0, 0.01) weights and bias 0.1 as in the reference."""
+
+    def __init__(self, trunk: nn.Module, classes: int = len(VOC_CLASSES)):
+        super().__init__()
+        self.trunk = trunk
+        self.fc8 = nn.Linear(4096, classes)
+        nn.init.normal_(self.fc8.weight, std=0.01)
+        nn.init.constant_(self.fc8.bias, 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc8(self.trunk(x))
+
+
+def frozen_modules(trunk: nn.Module, train_from: str) -> list[nn.Module]:
+    """The trunk's modules that stay fixed when training from `train_from` (conv1: none; fc6: the
+    convolutions; fc8: the whole trunk)."""
+    if train_from == "conv1":
+        return []
+    if train_from == "fc8":
+        return [trunk]
+    if trunk.arch == "alexnet":
+        return [trunk.features]
+    return [getattr(trunk, name) for name in ("conv1", "conv2", "conv3", "conv4", "conv5")]
+
+
+def parameter_groups(model: VOCClassifier, cfg: VOCClsConfig) -> list[dict]:
+    """Trainable parameters in two SGD groups: biases at lr x bias_lr_mult, the rest at lr; weight decay
+    on both (Caffe's decay_mult 1 for weights and biases)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in params if not n.endswith("bias")], "lr_mult": 1.0},
+            {"params": [p for n, p in params if n.endswith("bias")], "lr_mult": cfg.bias_lr_mult}]
+
+
+@torch.no_grad()
+def test_scores(model: VOCClassifier, dataset: VOCClassification, batch_size: int, device, workers: int,
+                progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(scores summed over the dataset's crops (n, 20), first-crop scores (n, 20)), model in eval mode."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=max(1, batch_size // dataset.crops), num_workers=workers)
+    summed, first = [], []
+    for views, _ in progress_bar(loader, desc=f"voc07-cls test ({dataset.crops} crops)", unit="batch",
+                                 disable=not progress):
+        b, k = views.shape[:2]
+        out = model(views.flatten(0, 1).to(device)).float().view(b, k, -1).cpu()
+        summed.append(out.sum(1))
+        first.append(out[:, 0])
+    return torch.cat(summed).numpy(), torch.cat(first).numpy()
+
+
+def average_precisions(scores: np.ndarray, labels: np.ndarray, metric: str) -> list[float]:
+    """Per-class AP in percent; scores (n, 20), labels (n, 20) in {1, -1, 0}."""
+    return [100 * classification_ap(scores[:, c], labels[:, c], metric) for c in range(labels.shape[1])]
+
+
+def _per_class(values: list[float]) -> dict:
+    """{class: AP percent, or None where the test split has no positive (AP undefined)}."""
+    return {c: None if math.isnan(v) else v for c, v in zip(VOC_CLASSES, values)}
+
+
+def write_scores(path: Path, ids, scores: np.ndarray) -> None:
+    """image id and the 20 class scores per line (CSV with a header)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", *VOC_CLASSES])
+        for image_id, row in zip(ids, scores):
+            writer.writerow([image_id, *(f"{v:.6g}" for v in row)])
+
+
+def run(cfg: VOCClsConfig, progress: bool = True, explicit=(), stop_after: int | None = None) -> dict:
+    """Fine-tune, test, append records. Returns {"mAP": {"reference", "voc07", "reference_1crop"}, "ap":
+    {metric: [20]}, "out", "model", "scores", "store", "method", "run", "deviations", "seconds", "voc",
+    "test_crops", "iters"}.
+    stop_after: leave after that iteration with last.pt written (as a preempted job would)."""
+    from cpfs_bench.evaluate.default_data import describe_dataset
+    from cpfs_bench.results.store import append_records, default_store, make_record
+
+    cfg, deviations = resolve_config(cfg, explicit)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    trunk, info = load_trunk(cfg.ckpt, device, frozen=False)
+    run_name = cfg.name or default_run_name(cfg.ckpt)
+    cfg = replace(cfg, out=cfg.out or str(evaluation_folder("voc07-cls", run_name, info["sha256"])))
+    model = VOCClassifier(trunk).to(device)
+    fixed = frozen_modules(trunk, cfg.train_from)
+    for module in fixed:
+        module.requires_grad_(False)
+    groups = parameter_groups(model, cfg)
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    config = {**asdict(cfg), "trunk_sha256": info["sha256"]}
+    folder = RunFolder(cfg.out, "eval voc07-cls", config, cfg.resume, RESUME_MUST_MATCH)
+
+    augment = ScaleCropMirror(info["mean"], info["std"], cfg.min_scale, cfg.max_scale, cfg.crop)
+    train_set = VOCClassification(cfg.voc, "2007", "trainval", augment)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    workers = loader_workers(cfg.workers, device)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size,
+                        num_workers=workers, generator=generator, pin_memory=device.type == "cuda")
+    it = 0
+    if cfg.resume:
+        state = load_checkpoint(folder.last)
+        model.trunk.load_state_dict(state["trunk"])
+        model.fc8.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        generator.set_state(state["extra"]["loader_rng"])
+        it = state["step"]
+    extra = {"normalization": {"mean": list(info["mean"]), "std": list(info["std"])}, "classes": list(VOC_CLASSES),
+             "trunk_sha256": info["sha256"], "deviations": deviations, "finetuned_from": info["path"]}
+
+    def save(path, resumable: bool) -> None:
+        save_checkpoint(path, arch=info["arch"], trunk=model.trunk.state_dict(), head=model.fc8.state_dict(),
+                        loss="voc07-cls", step=it, config=config, optimizer=optimizer.state_dict() if resumable else None,
+                        with_rng=resumable, extra={**extra, "loader_rng": generator.get_state()} if resumable else extra)
+
+    def set_modes() -> None:
+        model.train()
+        for module in fixed:  # frozen layers keep their BatchNorm statistics
+            module.eval()
+
+    start = time.perf_counter()
+    log = JsonlLog(folder.log_path, resume_at=it if cfg.resume else None, key="iter")
+    set_modes()
+    bar = progress_bar(total=cfg.iters, initial=it, desc="voc07-cls fine-tuning", unit="it", disable=not progress)
+    try:
+        with StopRequests(folder, cfg.save_minutes) as stop:
+            while it < cfg.iters:
+                for images, labels in loader:
+                    lr = step_lr(cfg, it)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr * g["lr_mult"]
+                    logits = model(images.to(device, non_blocking=True))
+                    loss = multilabel_loss(logits, labels.to(device))
+                    if not math.isfinite(loss.item()):
+                        raise RuntimeError(f"loss became {loss.item()} at iteration {it + 1}; try a lower --lr")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                        [p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad_norm)
+                    optimizer.step()
+                    it += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
+                    log.write({"iter": it, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm)})
+                    if stop.save_due(it % cfg.ckpt_every == 0 or it == cfg.iters or it == stop_after):
+                        save(folder.last, resumable=True)
+                    stop.raise_if_requested(f"iteration {it}")
+                    if it == stop_after or it >= cfg.iters:
+                        break
+                if it == stop_after and it < cfg.iters:
+                    return {"out": str(folder.out), "stopped_at": it}
+    finally:
+        bar.close()
+        log.close()
+    save(folder.final, resumable=False)
+
+    test_set = VOCClassification(cfg.voc, "2007", "test", augment, crops=cfg.test_crops, seed=cfg.seed)
+    summed, first = test_scores(model, test_set, cfg.batch_size, device, workers, progress)
+    write_scores(folder.out / "scores_test.csv", test_set.ids, summed)
+    ap = {"reference": average_precisions(summed, test_set.labels, "sklearn"),
+          "voc07": average_precisions(summed, test_set.labels, "voc07"),
+          "reference_1crop": average_precisions(first, test_set.labels, "sklearn")}
+    maps = {k: float(np.nanmean(v)) for k, v in ap.items()}
+
+    method = cfg.method or default_method_name(info, cfg.ckpt)
+    dataset = describe_dataset(cfg.voc, len(VOC_CLASSES), "test", len(test_set))
+    common = dict(method=method, run=run_name, protocol=PROTOCOL, deviations=deviations, checkpoint=cfg.ckpt,
+                  checkpoint_sha256=info["sha256"], checkpoint_step=info["step"], dataset=cfg.voc,
+                  dataset_info=dataset, split="test")
+    records = [make_record("voc07_cls", "mAP", maps["reference"], **common,
+                           extra={"ap_metric": "sklearn (reference code, ties against positives)",
+                                  "test_crops": cfg.test_crops, "ap": _per_class(ap["reference"]),
+                                  "mAP_voc07_11pt": maps["voc07"], "mAP_1crop": maps["reference_1crop"],
+                                  "train_from": cfg.train_from, "run_folder": str(folder.out), "arch": info["arch"]}),
+               make_record("voc07_cls", "mAP_voc07_11pt", maps["voc07"], **common,
+                           extra={"ap_metric": "devkit 11-point", "test_crops": cfg.test_crops,
+                                  "ap": _per_class(ap["voc07"])})]
+    store = Path(cfg.store) if cfg.store else default_store()
+    append_records(store, records)
+    return {"mAP": maps, "ap": ap, "out": str(folder.out), "model": str(folder.final),
+            "scores": str(folder.out / "scores_test.csv"), "store": str(store), "method": method, "run": run_name,
+            "deviations": deviations, "seconds": time.perf_counter() - start, "voc": cfg.voc,
+            "test_crops": cfg.test_crops, "iters": cfg.iters}
