@@ -23,6 +23,8 @@ from cpfs_bench.evaluate.linear_probe import ProbeConfig
 from cpfs_bench.evaluate.voc07_cls import PRESETS as CLS_PRESETS
 from cpfs_bench.evaluate.voc07_cls import TRAIN_FROM, VOCClsConfig
 from cpfs_bench.evaluate.voc07_svm import SVMConfig
+from cpfs_bench.evaluate.voc12_seg import PRESETS as SEG_PRESETS
+from cpfs_bench.evaluate.voc12_seg import VOCSegConfig
 from cpfs_bench.pretrain.extract import FlowConfig
 from cpfs_bench.pretrain.flow import METHODS
 from cpfs_bench.pretrain.losses import LOSSES
@@ -457,6 +459,53 @@ def eval_voc07_cls(config_file, **kw):
     click.echo(f"voc07-cls {s['method']} (run {s['run']}): records appended to {s['store']}"
                + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
     click.echo(f"fine-tuned model: {s['model']}; test scores: {s['scores']}")
+
+
+@eval_group.command("voc12-seg", short_help="VOC12 segmentation, FCN-32s (Table 1 Seg.).")
+@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help=CKPT_HELP)
+@click.option("--sbd", type=click.Path(file_okay=False), default=None,
+              help="SBD (benchmark_RELEASE or its dataset/ folder), the training set. Default: the embedded world.")
+@click.option("--voc", type=click.Path(file_okay=False), default=None,
+              help="VOCdevkit (or its parent) with VOC2012 or VOC2011 and the seg11valid list. Default: the "
+                   "embedded world (then --preset smoke).")
+@click.option("--iters", type=POSITIVE, default=defaults_of(VOCSegConfig)["iters"], show_default=True,
+              help="Weight updates of --iter-size images each." + _preset_note(SEG_PRESETS, "iters"))
+@click.option("--iter-size", type=POSITIVE, default=defaults_of(VOCSegConfig)["iter_size"], show_default=True,
+              help="Images per update (batch 1, gradients accumulated).")
+@click.option("--lr", type=POSITIVE_FLOAT, default=defaults_of(VOCSegConfig)["lr"], show_default=True)
+@click.option("--test-split", default=defaults_of(VOCSegConfig)["test_split"], show_default=True,
+              help="VOC ImageSets/Segmentation list to test on.")
+@click.option("--save-predictions", type=NON_NEGATIVE, default=0, show_default=True,
+              help="Write this many test predictions (palette PNG + image | truth | prediction picture).")
+@click.option("--preset", type=click.Choice(sorted(SEG_PRESETS)), default=None,
+              help="smoke: 10 updates (the embedded world's default; a pipeline check); options you type win; "
+                   "recorded as deviations.")
+@click.option("--seed", type=int, default=defaults_of(VOCSegConfig)["seed"], show_default=True)
+@click.option("--device", default=defaults_of(VOCSegConfig)["device"], show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--workers", type=NON_NEGATIVE, default=None, help="Data-loading processes [0 on CPU, 8 on CUDA].")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder [runs/voc12-seg-<run>-<checkpoint sha>].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out.")
+@click.option("--store", type=click.Path(dir_okay=False), default=None, help="Results records file.")
+@click.option("--method", default=None, help="Method name in the tables [from the checkpoint].")
+@click.option("--name", default=None, help="Run name, a table row of its own [the checkpoint's run folder].")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A voc12-seg run's config.json: rerun with its settings (options typed here win).")
+@fails_cleanly
+def eval_voc12_seg(config_file, **kw):
+    """VOC2012 segmentation with FCN-32s on the trunk (FCN authors' voc-fcn-alexnet; paper Table 1
+    "Seg."): conv1 padded by 100, fc6/fc7 as convolutions with the trunk's weights, 21-way score layer,
+    fixed bilinear x32 upsampling, crop; SBD train, whole images, batch 1 x 20 accumulated, SGD lr 1e-4
+    fixed, momentum 0.9, weight decay 5e-4, 100k updates, unnormalised softmax loss; mIoU on seg11valid."""
+    from cpfs_bench.evaluate.voc12_seg import VOCSegConfig, run
+
+    cfg, explicit = config_from_cli(VOCSegConfig, "eval voc12-seg", kw, config_file)
+    s = run(cfg, explicit=explicit)
+    click.echo(f"VOC12 segmentation mIoU {s['mIoU']:.1f}%, pixel accuracy {s['pixel_accuracy']:.1f}% "
+               f"({s['iters']} updates)")
+    click.echo(f"voc12-seg {s['method']} (run {s['run']}): records appended to {s['store']}"
+               + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
+    click.echo(f"model: {s['model']}" + (f"; predictions: {s['predictions']}" if s["predictions"] else ""))
 
 
 @main.command("results", short_help="Tables of the records beside the paper's.")

@@ -1,0 +1,293 @@
+"""`bench eval voc12-seg`: VOC2012 semantic segmentation with FCN-32s on the pretrained AlexNet (the
+paper's Table 1 "Seg."), as the FCN authors' voc-fcn-alexnet (solver.prototxt, net.py, solve.py,
+score.py; ../shared/PROTOCOLS.md).
+
+Train on SBD train (whole images, no augmentation, shuffled), test on seg11valid (VOC2011 val images
+not in SBD train). SGD momentum 0.9, fixed lr 1e-4, weight decay 5e-4 (the score layer's bias: lr x2,
+no decay), 100,000 iterations of 20 images each (batch 1, gradients accumulated; as Caffe's iter_size,
+the accumulated gradient is divided by 20); softmax loss summed over the pixels (not normalised),
+255 ignored. mIoU = mean over 21 classes of the confusion matrix accumulated over the whole test set
+(FCN's score.py), with per-class IoU and pixel accuracy. BatchNorm trunks run on their running
+statistics (eval mode; with one image per forward, batch statistics are per image), recorded.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from cpfs_bench.bench.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from cpfs_bench.bench.config import protocol_values, resolve
+from cpfs_bench.bench.runs import JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device
+from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette
+from cpfs_bench.evaluate.backbone import default_method_name, default_run_name, evaluation_folder, load_trunk
+from cpfs_bench.evaluate.datasets import (
+    read_sbd_segmentation,
+    read_segmentation_mask,
+    sbd_dir,
+    sbd_ids,
+    voc_image_path,
+    voc_segmentation_ids,
+    voc_year_dir,
+)
+from cpfs_bench.evaluate.fcn import FCN32s, segmentation_loss
+from cpfs_bench.evaluate.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
+
+PROTOCOL = "long15-fcn32s-voc12-seg"
+CLASSES = ("background", *VOC_CLASSES)
+# smoke: a pipeline check on the embedded world (a few minutes on 2 cores), not a measurement
+PRESETS = {"smoke": {"iters": 10}}
+PROTOCOL_FIELDS = ("iters", "iter_size", "lr", "momentum", "weight_decay", "train_split", "test_split", "bn_mode")
+RESUME_MUST_MATCH = ("sbd", "voc", "iters", "iter_size", "lr", "momentum", "weight_decay", "train_split", "seed",
+                     "bn_mode", "trunk_sha256")
+
+
+@dataclass(frozen=True)
+class VOCSegConfig:
+    ckpt: str = ""
+    sbd: str | None = None  # SBD root (benchmark_RELEASE or its dataset/); None = the embedded world
+    voc: str | None = None  # VOCdevkit (or its parent) holding VOC2012 (or VOC2011); None = the embedded world
+    train_split: str = "train"  # SBD's list
+    test_split: str = "seg11valid"  # VOC ImageSets/Segmentation list
+    iters: int = 100000  # weight updates, iter_size images each
+    iter_size: int = 20
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bn_mode: str = "eval"  # BatchNorm trunks: running statistics (the only sensible choice at batch 1)
+    preset: str | None = None
+    seed: int = 0
+    save_predictions: int = 0  # write this many test predictions (palette PNG + picture)
+    out: str | None = None  # None = runs/voc12-seg-<run>-<sha>
+    store: str | None = None
+    method: str | None = None
+    name: str | None = None
+    device: str = "auto"
+    workers: int | None = None
+    ckpt_every: int = 100
+    save_minutes: float = 10.0
+    resume: bool = False
+
+
+def resolve_config(cfg: VOCSegConfig, explicit=()) -> tuple[VOCSegConfig, dict]:
+    """(cfg with the data folders and the preset resolved, deviations from the protocol)."""
+    if cfg.sbd is None or cfg.voc is None:
+        from cpfs_bench.evaluate.default_data import default_voc_world
+
+        world = str(default_voc_world())
+        cfg = replace(cfg, sbd=cfg.sbd or world, voc=cfg.voc or world, preset=cfg.preset or "smoke")
+    if cfg.bn_mode not in ("eval", "train"):
+        raise ValueError(f"unknown bn_mode {cfg.bn_mode!r}; choose eval or train")
+    return resolve(cfg, PRESETS, explicit, protocol_values(VOCSegConfig, PROTOCOL_FIELDS))
+
+
+def voc_segmentation_year(root) -> str:
+    """The year folder holding the segmentation lists: VOC2012, else VOC2011 (FCN's own layout)."""
+    for year in ("2012", "2011"):
+        try:
+            voc_year_dir(root, year)
+            return year
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(f"{root}: neither VOC2012 nor VOC2011 found (looked for VOC2012/, VOCdevkit/VOC2012/, "
+                            f"and the same for VOC2011)")
+
+
+class SegmentationImages(Dataset):
+    """Whole images with their class maps: item -> (image (3, H, W) normalised, labels int64 (H, W)).
+    kind "sbd": SBD img/*.jpg + cls/*.mat; kind "voc": JPEGImages + SegmentationClass PNGs."""
+
+    def __init__(self, kind: str, root, split: str, mean, std):
+        self.kind, self.root = kind, root
+        if kind == "sbd":
+            self.dir = sbd_dir(root)
+            self.ids = sbd_ids(root, split)
+        else:
+            self.year = voc_segmentation_year(root)
+            self.ids = voc_segmentation_ids(root, self.year, split)
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def paths(self, i: int) -> tuple[Path, Path]:
+        image_id = self.ids[i]
+        if self.kind == "sbd":
+            return self.dir / "img" / f"{image_id}.jpg", self.dir / "cls" / f"{image_id}.mat"
+        return (voc_image_path(self.root, self.year, image_id),
+                voc_year_dir(self.root, self.year) / "SegmentationClass" / f"{image_id}.png")
+
+    def __getitem__(self, i: int):
+        image_path, label_path = self.paths(i)
+        image = np.asarray(Image.open(image_path).convert("RGB"), np.float32) / 255
+        labels = read_sbd_segmentation(label_path) if self.kind == "sbd" else read_segmentation_mask(label_path)
+        if labels.shape != image.shape[:2]:
+            raise ValueError(f"{label_path}: labels are {labels.shape[1]}x{labels.shape[0]}, the image "
+                             f"{image_path} is {image.shape[1]}x{image.shape[0]}")
+        x = (torch.from_numpy(image).permute(2, 0, 1) - self.mean) / self.std
+        return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def set_modes(model: FCN32s, bn_mode: str) -> None:
+    """Train mode (dropout on); BatchNorm layers on running statistics when bn_mode is "eval"."""
+    model.train()
+    if bn_mode == "eval":
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def parameter_groups(model: FCN32s, cfg: VOCSegConfig) -> list[dict]:
+    """FCN's lr/decay multipliers: everything lr x1 with weight decay; the score layer's bias lr x2 without;
+    the upsampling is fixed (not in any group)."""
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and n != "score_fr.bias"]
+    return [{"params": rest, "lr_mult": 1.0, "weight_decay": cfg.weight_decay},
+            {"params": [model.score_fr.bias], "lr_mult": 2.0, "weight_decay": 0.0}]
+
+
+def save_prediction(folder: Path, image_id: str, image_path: Path, prediction: np.ndarray,
+                    truth: np.ndarray) -> None:
+    """prediction as a VOC palette PNG (the image's size), and image | truth | prediction side by side."""
+    palette = voc_palette()
+    pred = Image.fromarray(prediction.astype(np.uint8), mode="P")
+    pred.putpalette(palette)
+    pred.save(folder / f"{image_id}.png")
+    gt = Image.fromarray(truth.astype(np.uint8), mode="P")
+    gt.putpalette(palette)
+    image = Image.open(image_path).convert("RGB")
+    w, h = image.size
+    strip = Image.new("RGB", (3 * w + 8, h), "white")
+    for k, part in enumerate((image, gt.convert("RGB"), pred.convert("RGB"))):
+        strip.paste(part, (k * (w + 4), 0))
+    strip.save(folder / f"{image_id}_side_by_side.jpg", quality=90)
+
+
+@torch.no_grad()
+def evaluate(model: FCN32s, dataset: SegmentationImages, device, save: int, folder: Path,
+             progress: bool) -> np.ndarray:
+    """Confusion matrix (21, 21) over the whole test set (rows truth, columns prediction)."""
+    model.eval()
+    hist = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
+    if save:
+        folder.mkdir(parents=True, exist_ok=True)
+    for i in progress_bar(range(len(dataset)), desc="voc12-seg test", unit="image", disable=not progress):
+        x, labels = dataset[i]
+        prediction = model(x[None].to(device)).argmax(1)[0].cpu().numpy()
+        hist += confusion_matrix(prediction, labels.numpy(), len(CLASSES))
+        if i < save:
+            save_prediction(folder, dataset.ids[i], dataset.paths(i)[0], prediction, labels.numpy())
+    return hist
+
+
+def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int | None = None) -> dict:
+    """Train FCN-32s, test, append records. Returns {"mIoU", "pixel_accuracy", "iou" {class: %}, "out",
+    "model", "predictions", "store", "method", "run", "deviations", "seconds", "iters"}.
+    stop_after: leave after that many updates with last.pt written (as a preempted job would)."""
+    from cpfs_bench.evaluate.default_data import describe_dataset
+    from cpfs_bench.results.store import append_records, default_store, make_record
+
+    cfg, deviations = resolve_config(cfg, explicit)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    trunk, info = load_trunk(cfg.ckpt, "cpu", frozen=False)
+    if info["arch"] not in ("caffenet", "caffenet_bn"):
+        raise ValueError(f"{cfg.ckpt}: FCN-32s (voc-fcn-alexnet) is defined on the CaffeNet layout; this checkpoint "
+                         f"is {info['arch']!r}")
+    model = FCN32s(trunk).to(device)
+    run_name = cfg.name or default_run_name(cfg.ckpt)
+    cfg = replace(cfg, out=cfg.out or str(evaluation_folder("voc12-seg", run_name, info["sha256"])))
+    optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum)
+    config = {**asdict(cfg), "trunk_sha256": info["sha256"]}
+    folder = RunFolder(cfg.out, "eval voc12-seg", config, cfg.resume, RESUME_MUST_MATCH)
+    train_set = SegmentationImages("sbd", cfg.sbd, cfg.train_split, info["mean"], info["std"])
+    test_set = SegmentationImages("voc", cfg.voc, cfg.test_split, info["mean"], info["std"])
+    if not len(train_set) or not len(test_set):
+        raise ValueError(f"empty split: SBD {cfg.train_split} has {len(train_set)} images, VOC {cfg.test_split} "
+                         f"{len(test_set)}")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    workers = loader_workers(cfg.workers, device)
+    loader = DataLoader(train_set, batch_size=1, shuffle=True, generator=generator, num_workers=workers)
+    step = 0
+    if cfg.resume:
+        state = load_checkpoint(folder.last)
+        model.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        generator.set_state(state["extra"]["loader_rng"])
+        step = state["step"]
+    extra = {"normalization": {"mean": list(info["mean"]), "std": list(info["std"])}, "classes": list(CLASSES),
+             "trunk_sha256": info["sha256"], "deviations": deviations, "finetuned_from": info["path"],
+             "crop_offset": model.offset}
+
+    def save(path, resumable: bool) -> None:  # the whole FCN is the head; trunk left empty
+        save_checkpoint(path, arch=info["arch"], trunk={}, head=model.state_dict(), loss="voc12-seg-fcn32s", step=step,
+                        config=config, optimizer=optimizer.state_dict() if resumable else None, with_rng=resumable,
+                        extra={**extra, "loader_rng": generator.get_state()} if resumable else extra)
+
+    for g in optimizer.param_groups:
+        g["lr"] = cfg.lr * g["lr_mult"]
+    start = time.perf_counter()
+    log = JsonlLog(folder.log_path, resume_at=step if cfg.resume else None, key="iter")
+    set_modes(model, cfg.bn_mode)
+    bar = progress_bar(total=cfg.iters, initial=step, desc="voc12-seg FCN-32s", unit="update", disable=not progress)
+    images = iter(())
+    try:
+        with StopRequests(folder, cfg.save_minutes) as stop:
+            while step < cfg.iters and step != stop_after:
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum, pixels = 0.0, 0
+                for _ in range(cfg.iter_size):
+                    try:
+                        x, labels = next(images)
+                    except StopIteration:
+                        images = iter(loader)
+                        x, labels = next(images)
+                    loss = segmentation_loss(model(x.to(device)), labels.to(device))
+                    if not math.isfinite(loss.item()):
+                        raise RuntimeError(f"loss became {loss.item()} at update {step + 1}; try a lower --lr")
+                    (loss / cfg.iter_size).backward()  # Caffe divides the accumulated gradient by iter_size
+                    loss_sum += loss.item()
+                    pixels += int((labels != 255).sum())
+                optimizer.step()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss_per_pixel=f"{loss_sum / max(pixels, 1):.3f}")
+                log.write({"iter": step, "loss": loss_sum / cfg.iter_size, "loss_per_pixel": loss_sum / max(pixels, 1)})
+                if stop.save_due(step % cfg.ckpt_every == 0 or step == cfg.iters or step == stop_after):
+                    save(folder.last, resumable=True)
+                stop.raise_if_requested(f"update {step}")
+    finally:
+        bar.close()
+        log.close()
+    if step < cfg.iters:
+        return {"out": str(folder.out), "stopped_at": step}
+    save(folder.final, resumable=False)
+
+    predictions = folder.out / "predictions"
+    hist = evaluate(model, test_set, device, cfg.save_predictions, predictions, progress)
+    np.save(folder.out / "confusion.npy", hist)
+    iou = {c: float(100 * v) for c, v in zip(CLASSES, per_class_iou(hist))}
+    scores = {"mIoU": 100 * mean_iou(hist), "pixel_accuracy": 100 * pixel_accuracy(hist)}
+
+    method = cfg.method or default_method_name(info, cfg.ckpt)
+    dataset = describe_dataset(cfg.voc, len(CLASSES), cfg.test_split, len(test_set))
+    common = dict(method=method, run=run_name, protocol=PROTOCOL, deviations=deviations, checkpoint=cfg.ckpt,
+                  checkpoint_sha256=info["sha256"], checkpoint_step=info["step"], dataset=cfg.voc,
+                  dataset_info=dataset, split=cfg.test_split)
+    records = [make_record("voc12_seg", "mIoU", scores["mIoU"], **common,
+                           extra={"iou": {c: (None if math.isnan(v) else v) for c, v in iou.items()},
+                                  "bn_mode": cfg.bn_mode, "arch": info["arch"], "run_folder": str(folder.out),
+                                  "train": f"SBD {cfg.train_split} ({len(train_set)} images)"}),
+               make_record("voc12_seg", "pixel_accuracy", scores["pixel_accuracy"], **common)]
+    store = Path(cfg.store) if cfg.store else default_store()
+    append_records(store, records)
+    return {**scores, "iou": iou, "out": str(folder.out), "model": str(folder.final),
+            "predictions": str(predictions) if cfg.save_predictions else None, "store": str(store), "method": method,
+            "run": run_name, "deviations": deviations, "seconds": time.perf_counter() - start, "iters": cfg.iters}

@@ -1,0 +1,101 @@
+"""evaluate/fcn.py and evaluate/voc12_seg.py: FCN-32s's geometry against the FCN authors' own numbers,
+the fc -> conv surgery, the loss in float64, and a tiny end-to-end run whose mIoU is recomputed
+from the prediction files it writes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+from cpfs_bench.baselines.random_init import write_random_checkpoint
+from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
+from cpfs_bench.evaluate.datasets import read_segmentation_mask, voc_segmentation_ids
+from cpfs_bench.evaluate.fcn import FCN32s, bilinear_kernel, crop_offset, segmentation_loss
+from cpfs_bench.evaluate.voc12_seg import VOCSegConfig, run
+from cpfs_bench.pretrain.alexnet import build_trunk
+from cpfs_bench.results.store import read_records
+
+
+def test_bilinear_kernel_interpolates():
+    k = bilinear_kernel(63)
+    i = np.arange(63)
+    line = 1 - np.abs(i - 31) / 32  # written out for kernel 63, factor 32, centre 31
+    assert np.allclose(k, line[:, None] * line[None, :])
+    # a constant map upsampled x32 with it stays constant away from the border
+    up = torch.nn.functional.conv_transpose2d(torch.ones(1, 1, 6, 6), torch.from_numpy(k).float()[None, None],
+                                              stride=32)
+    assert torch.allclose(up[0, 0, 40:150, 40:150], torch.ones(110, 110))
+
+
+@pytest.mark.parametrize("arch", ["caffenet_bn", "caffenet"])
+def test_crop_is_the_fcn_authors_and_output_matches_input(arch):
+    model = FCN32s(build_trunk(arch)).eval()
+    assert model.offset == 18  # voc-fcn-alexnet/train.prototxt: crop_param { axis: 2 offset: 18 }
+    with torch.no_grad():
+        for h, w in ((120, 175), (227, 227), (281, 333), (375, 500)):
+            assert model(torch.zeros(1, 3, h, w)).shape == (1, 21, h, w)
+    with pytest.raises(ValueError, match="stride"):
+        crop_offset([(11, 4, 100), (3, 2, 0)])
+
+
+def test_fc_layers_become_convolutions_with_the_same_weights():
+    trunk = build_trunk("caffenet_bn").eval()
+    for m in trunk.modules():  # non-trivial BatchNorm statistics, to check that they move along
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+    pool5 = torch.randn(2, 256, 6, 6)
+    with torch.no_grad():
+        expected = trunk.fc7(trunk.fc6(pool5.flatten(1)))
+        fcn = FCN32s(trunk).eval()
+        got = fcn.fc7(fcn.fc6(pool5))[..., 0, 0]
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_loss_is_summed_over_labelled_pixels():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(1, 21, 5, 7))
+    labels = rng.integers(0, 21, (1, 5, 7))
+    labels[0, 0, :3] = 255
+    p = np.exp(scores - scores.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    keep = labels != 255
+    expected = -sum(np.log(p[0, labels[0, y, x], y, x]) for y, x in zip(*np.nonzero(keep[0])))
+    assert segmentation_loss(torch.tensor(scores), torch.tensor(labels)).item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_end_to_end_records_predictions_and_resume(tmp_path):
+    voc = tmp_path / "voc"
+    write_voc_world(VOCWorldConfig(out=str(voc), seed=1, voc07_trainval=2, voc07_test=2, voc12_trainval=40,
+                                   workers=1), progress=False)
+    test_ids = voc_segmentation_ids(voc, "2012", "seg11valid")
+    assert test_ids  # the world writes FCN's list
+    ckpt = write_random_checkpoint(tmp_path / "random.pt", seed=0)
+    cfg = VOCSegConfig(ckpt=str(ckpt), sbd=str(voc), voc=str(voc), iters=2, iter_size=2, out=str(tmp_path / "run"),
+                       store=str(tmp_path / "records.jsonl"), save_predictions=len(test_ids), workers=0)
+    explicit = ("iters", "iter_size", "save_predictions")
+    assert run(cfg, progress=False, explicit=explicit, stop_after=1)["stopped_at"] == 1
+    out = run(VOCSegConfig(**{**cfg.__dict__, "resume": True}), progress=False, explicit=explicit)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log] == [1, 2]
+
+    # every prediction: a palette PNG of the image's size; mIoU recomputed from them with scikit-learn
+    hist = np.zeros((21, 21), np.int64)
+    for image_id in test_ids:
+        pred = Image.open(tmp_path / "run" / "predictions" / f"{image_id}.png")
+        truth = read_segmentation_mask(voc / "VOCdevkit" / "VOC2012" / "SegmentationClass" / f"{image_id}.png")
+        image = Image.open(voc / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{image_id}.jpg")
+        assert pred.mode == "P" and pred.size == image.size
+        assert (tmp_path / "run" / "predictions" / f"{image_id}_side_by_side.jpg").exists()
+        keep = truth != 255
+        hist += sk_confusion_matrix(truth[keep], np.array(pred)[keep], labels=range(21))
+    union = hist.sum(0) + hist.sum(1) - np.diag(hist)
+    expected = 100 * np.mean(np.diag(hist)[union > 0] / union[union > 0])
+    records = {r["metric"]: r for r in read_records(tmp_path / "records.jsonl")}
+    assert records["mIoU"]["task"] == "voc12_seg" and records["mIoU"]["value"] == pytest.approx(expected, abs=1e-9)
+    assert records["mIoU"]["split"] == "seg11valid" and records["mIoU"]["deviations"]["iters"] == 2
+    assert records["pixel_accuracy"]["value"] == pytest.approx(100 * np.trace(hist) / hist.sum(), abs=1e-9)
+    assert out["mIoU"] == pytest.approx(expected, abs=1e-9)
