@@ -338,6 +338,8 @@ def run(cfg: VOCClsConfig, progress: bool = True, explicit=(), stop_after: int |
                make_record("voc07_cls", "mAP_voc07_11pt", maps["voc07"], **common,
                            extra={"ap_metric": "devkit 11-point", "test_crops": cfg.test_crops,
                                   "ap": _per_class(ap["voc07"])})]
+    records += [make_record("voc07_cls", f"AP_{c}", v, **common, extra={"ap_metric": "sklearn (reference code)"})
+                for c, v in _per_class(ap["reference"]).items() if v is not None]
     store = Path(cfg.store) if cfg.store else default_store()
     append_records(store, records)
     return {"mAP": maps, "ap": ap, "out": str(folder.out), "model": str(folder.final),

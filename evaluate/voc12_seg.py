@@ -28,6 +28,7 @@ from cpfs_bench.bench.runs import JsonlLog, RunFolder, StopRequests, loader_work
 from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette
 from cpfs_bench.evaluate.backbone import default_method_name, default_run_name, evaluation_folder, load_trunk
 from cpfs_bench.evaluate.datasets import (
+    DatasetFormatError,
     read_sbd_segmentation,
     read_segmentation_mask,
     sbd_dir,
@@ -126,8 +127,14 @@ class SegmentationImages(Dataset):
 
     def __getitem__(self, i: int):
         image_path, label_path = self.paths(i)
+        if not image_path.exists():
+            raise FileNotFoundError(f"{image_path}: image listed in the split file is missing")
         image = np.asarray(Image.open(image_path).convert("RGB"), np.float32) / 255
         labels = read_sbd_segmentation(label_path) if self.kind == "sbd" else read_segmentation_mask(label_path)
+        bad = np.setdiff1d(np.unique(labels), [*range(len(CLASSES)), 255])
+        if bad.size:
+            raise DatasetFormatError(f"{label_path}: class indices {bad.tolist()} outside 0..{len(CLASSES) - 1} "
+                                     f"(255 = void)")
         if labels.shape != image.shape[:2]:
             raise ValueError(f"{label_path}: labels are {labels.shape[1]}x{labels.shape[0]}, the image "
                              f"{image_path} is {image.shape[1]}x{image.shape[0]}")
@@ -286,6 +293,7 @@ def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int |
                                   "bn_mode": cfg.bn_mode, "arch": info["arch"], "run_folder": str(folder.out),
                                   "train": f"SBD {cfg.train_split} ({len(train_set)} images)"}),
                make_record("voc12_seg", "pixel_accuracy", scores["pixel_accuracy"], **common)]
+    records += [make_record("voc12_seg", f"IoU_{c}", v, **common) for c, v in iou.items() if not math.isnan(v)]
     store = Path(cfg.store) if cfg.store else default_store()
     append_records(store, records)
     return {**scores, "iou": iou, "out": str(folder.out), "model": str(folder.final),

@@ -138,4 +138,33 @@ def test_end_to_end_records_scores_and_resume(tiny_voc, tmp_path):
     main = next(r for r in records if r["metric"] == "mAP")
     assert main["task"] == "voc07_cls" and main["value"] == pytest.approx(np.mean(aps), abs=1e-3)
     assert main["deviations"]["iters"] == 3 and main["deviations"]["train_from"] == "fc6"
-    assert {r["metric"] for r in records} == {"mAP", "mAP_voc07_11pt"}
+    per_class = {r["metric"]: r["value"] for r in records if r["metric"].startswith("AP_")}
+    assert {"mAP", "mAP_voc07_11pt"} | set(per_class) == {r["metric"] for r in records}
+    assert np.mean(list(per_class.values())) == pytest.approx(main["value"])
+
+
+def test_ten_test_crops_are_distinct_augmented_views_and_scores_are_summed(tiny_voc, tmp_path):
+    import shutil
+
+    from cpfs_bench.evaluate.voc07_cls import VOCClassification, test_scores
+
+    voc = shutil.copytree(tiny_voc, tmp_path / "voc")
+    augment = ScaleCropMirror((0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+    dataset = VOCClassification(voc, "2007", "test", augment, crops=10, seed=3)
+    # a real VOC image's size, with content everywhere, so every window differs
+    noise = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(voc / "VOCdevkit" / "VOC2007" / "JPEGImages" / f"{dataset.ids[0]}.jpg")
+    views, labels = dataset[0]
+    assert views.shape == (10, 3, 227, 227) and labels.shape == (20,)
+    flat = views.flatten(1)
+    assert len({v.numpy().tobytes() for v in flat}) == 10  # ten different windows
+    assert torch.equal(views, dataset[0][0])  # the same views on every run
+
+    class Probe(torch.nn.Module):  # a fixed linear read-out of the mean colour
+        def forward(self, x):
+            return x.mean((2, 3)) @ torch.arange(60.0).view(3, 20)
+
+    summed, first = test_scores(Probe(), dataset, batch_size=20, device="cpu", workers=0, progress=False)
+    expected = [Probe()(dataset[i][0]).sum(0) for i in range(len(dataset))]
+    assert np.allclose(summed, torch.stack(expected).numpy(), rtol=1e-5)
+    assert np.allclose(first[0], Probe()(views[:1])[0].numpy(), rtol=1e-5)

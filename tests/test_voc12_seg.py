@@ -13,7 +13,8 @@ from cpfs_bench.baselines.random_init import write_random_checkpoint
 from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
 from cpfs_bench.evaluate.datasets import read_segmentation_mask, voc_segmentation_ids
 from cpfs_bench.evaluate.fcn import FCN32s, bilinear_kernel, crop_offset, segmentation_loss
-from cpfs_bench.evaluate.voc12_seg import VOCSegConfig, run
+from cpfs_bench.evaluate.datasets import DatasetFormatError
+from cpfs_bench.evaluate.voc12_seg import SegmentationImages, VOCSegConfig, run
 from cpfs_bench.pretrain.alexnet import build_trunk
 from cpfs_bench.results.store import read_records
 
@@ -34,7 +35,7 @@ def test_crop_is_the_fcn_authors_and_output_matches_input(arch):
     model = FCN32s(build_trunk(arch)).eval()
     assert model.offset == 18  # voc-fcn-alexnet/train.prototxt: crop_param { axis: 2 offset: 18 }
     with torch.no_grad():
-        for h, w in ((120, 175), (227, 227), (281, 333), (375, 500)):
+        for h, w in ((1, 1), (1, 500), (120, 175), (227, 227), (281, 333), (375, 500)):
             assert model(torch.zeros(1, 3, h, w)).shape == (1, 21, h, w)
     with pytest.raises(ValueError, match="stride"):
         crop_offset([(11, 4, 100), (3, 2, 0)])
@@ -99,3 +100,40 @@ def test_end_to_end_records_predictions_and_resume(tmp_path):
     assert records["mIoU"]["split"] == "seg11valid" and records["mIoU"]["deviations"]["iters"] == 2
     assert records["pixel_accuracy"]["value"] == pytest.approx(100 * np.trace(hist) / hist.sum(), abs=1e-9)
     assert out["mIoU"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    voc = tmp_path / "voc"
+    write_voc_world(VOCWorldConfig(out=str(voc), seed=1, voc07_trainval=2, voc07_test=2, voc12_trainval=40,
+                                   workers=1), progress=False)
+    test = SegmentationImages("voc", voc, "seg11valid", (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+    train = SegmentationImages("sbd", voc, "train", (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+    image_path, mask_path = test.paths(0)
+    x, labels = test[0]
+    assert x.shape[1:] == labels.shape and labels.dtype == torch.int64
+
+    palette = Image.open(mask_path).getpalette()
+
+    def write_mask(index_map):
+        img = Image.fromarray(index_map, mode="P")
+        img.putpalette(palette)  # with the palette PIL keeps the indices as they are
+        img.save(mask_path)
+
+    mask = np.array(Image.open(mask_path))
+    bad = mask.copy()
+    bad[0, 0] = 37
+    write_mask(bad)
+    with pytest.raises(DatasetFormatError, match=f"{mask_path}.*37"):
+        test[0]
+    write_mask(mask[:-3])
+    with pytest.raises(ValueError, match=f"{mask_path}: labels are"):
+        test[0]
+    image_path.unlink()
+    with pytest.raises(FileNotFoundError, match=str(image_path)):
+        test[0]
+    mat = train.paths(0)[1]
+    import scipy.io
+
+    scipy.io.savemat(mat, {"something": np.zeros((2, 2))})
+    with pytest.raises(DatasetFormatError, match=f"{mat}.*GTcls"):
+        train[0]
