@@ -414,7 +414,11 @@ def eval_voc07_svm(**kw):
 
 
 @eval_group.command("voc07-cls", short_help="VOC07 classification fine-tuning (Table 1 Cls.).")
-@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help=CKPT_HELP)
+@click.option("--ckpt", type=click.Path(exists=True, dir_okay=False), default=None,
+              help=CKPT_HELP + " Required unless --eval-only.")
+@click.option("--eval-only", is_flag=True, help="Only test: re-score the fine-tuned model given by --model.")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --eval-only: a voc07-cls run's final.pt.")
 @click.option("--voc", type=click.Path(file_okay=False), default=None,
               help="VOCdevkit root (or its parent) holding VOC2007. Default: the embedded world, with --preset smoke.")
 @click.option("--train-from", type=click.Choice(TRAIN_FROM), default=defaults_of(VOCClsConfig)["train_from"],
@@ -444,7 +448,7 @@ def eval_voc07_svm(**kw):
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A voc07-cls run's config.json: rerun with its settings (options typed here win).")
 @fails_cleanly
-def eval_voc07_cls(config_file, **kw):
+def eval_voc07_cls(config_file, eval_only, **kw):
     """VOC2007 classification by fine-tuning (Krähenbühl et al.; paper Table 1 "Cls."): new fc8 after
     drop7, SGD lr 0.001 (biases x2), momentum 0.9, batch 16, 80k iterations, lr x0.5 every 10k, weight
     decay 1e-6, gradient norm clipped to 10; scale [0.5, 2] + random 227 crop + mirror; sigmoid
@@ -452,6 +456,11 @@ def eval_voc07_cls(config_file, **kw):
     reference code computes it (and the devkit's 11-point)."""
     from cpfs_bench.evaluate.voc07_cls import VOCClsConfig, run
 
+    if eval_only != (kw["model"] is not None):
+        raise click.UsageError("--eval-only and --model go together (re-scoring a fine-tuned model)")
+    if not eval_only and kw["ckpt"] is None:
+        raise click.UsageError("Missing option '--ckpt' (the checkpoint to fine-tune)")
+    kw["ckpt"] = kw["ckpt"] or ""
     cfg, explicit = config_from_cli(VOCClsConfig, "eval voc07-cls", kw, config_file)
     s = run(cfg, explicit=explicit)
     click.echo(f"VOC07 classification mAP {s['mAP']['reference']:.1f}% (reference AP, {s['test_crops']} crops); "

@@ -33,13 +33,15 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cpfs_bench.bench.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from cpfs_bench.bench.config import protocol_values, resolve
 from cpfs_bench.bench.runs import JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device
 from cpfs_bench.bench.voc_format import VOC_CLASSES
 from cpfs_bench.evaluate.backbone import default_method_name, default_run_name, evaluation_folder, load_trunk
 from cpfs_bench.evaluate.datasets import voc_classification_labels, voc_image_path
 from cpfs_bench.evaluate.metrics import classification_ap
+from cpfs_bench.pretrain.alexnet import build_trunk
+from cpfs_bench.results.plots import plot_loss_curve
 
 PROTOCOL = "krahenbuhl16-voc07-cls"
 PROTOCOL_ITERS = 80000
@@ -55,6 +57,7 @@ RESUME_MUST_MATCH = ("voc", "train_from", "iters", "batch_size", "lr", "bias_lr_
 @dataclass(frozen=True)
 class VOCClsConfig:
     ckpt: str = ""
+    model: str | None = None  # --eval-only: a voc07-cls final.pt to re-score (no training)
     voc: str | None = None  # VOCdevkit (or its parent); None = the embedded world + preset smoke
     train_from: str = "conv1"  # conv1: every layer; fc6: fc6 on; fc8: the new classifier only
     iters: int = PROTOCOL_ITERS
@@ -230,35 +233,23 @@ def write_scores(path: Path, ids, scores: np.ndarray) -> None:
             writer.writerow([image_id, *(f"{v:.6g}" for v in row)])
 
 
-def run(cfg: VOCClsConfig, progress: bool = True, explicit=(), stop_after: int | None = None) -> dict:
-    """Fine-tune, test, append records. Returns {"mAP": {"reference", "voc07", "reference_1crop"}, "ap":
-    {metric: [20]}, "out", "model", "scores", "store", "method", "run", "deviations", "seconds", "voc",
-    "test_crops", "iters"}.
-    stop_after: leave after that iteration with last.pt written (as a preempted job would)."""
-    from cpfs_bench.evaluate.default_data import describe_dataset
-    from cpfs_bench.results.store import append_records, default_store, make_record
-
-    cfg, deviations = resolve_config(cfg, explicit)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    trunk, info = load_trunk(cfg.ckpt, device, frozen=False)
-    run_name = cfg.name or default_run_name(cfg.ckpt)
-    cfg = replace(cfg, out=cfg.out or str(evaluation_folder("voc07-cls", run_name, info["sha256"])))
+def finetune(cfg: VOCClsConfig, trunk: nn.Module, info: dict, device, progress: bool,
+             stop_after: int | None = None) -> tuple[VOCClassifier, Path] | None:
+    """The fine-tuning loop in cfg.out (resumable); (model, run folder), or None when stopped early."""
     model = VOCClassifier(trunk).to(device)
     fixed = frozen_modules(trunk, cfg.train_from)
     for module in fixed:
         module.requires_grad_(False)
-    groups = parameter_groups(model, cfg)
-    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
     config = {**asdict(cfg), "trunk_sha256": info["sha256"]}
     folder = RunFolder(cfg.out, "eval voc07-cls", config, cfg.resume, RESUME_MUST_MATCH)
-
     augment = ScaleCropMirror(info["mean"], info["std"], cfg.min_scale, cfg.max_scale, cfg.crop)
     train_set = VOCClassification(cfg.voc, "2007", "trainval", augment)
     generator = torch.Generator().manual_seed(cfg.seed)
-    workers = loader_workers(cfg.workers, device)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size,
-                        num_workers=workers, generator=generator, pin_memory=device.type == "cuda")
+                        num_workers=loader_workers(cfg.workers, device), generator=generator,
+                        pin_memory=device.type == "cuda")
     it = 0
     if cfg.resume:
         state = load_checkpoint(folder.last)
@@ -269,31 +260,30 @@ def run(cfg: VOCClsConfig, progress: bool = True, explicit=(), stop_after: int |
         generator.set_state(state["extra"]["loader_rng"])
         it = state["step"]
     extra = {"normalization": {"mean": list(info["mean"]), "std": list(info["std"])}, "classes": list(VOC_CLASSES),
-             "trunk_sha256": info["sha256"], "deviations": deviations, "finetuned_from": info["path"]}
+             "trunk_sha256": info["sha256"], "finetuned_from": info["path"], "finetuned_from_step": info["step"],
+             "train_from": cfg.train_from}
 
     def save(path, resumable: bool) -> None:
         save_checkpoint(path, arch=info["arch"], trunk=model.trunk.state_dict(), head=model.fc8.state_dict(),
                         loss="voc07-cls", step=it, config=config, optimizer=optimizer.state_dict() if resumable else None,
                         with_rng=resumable, extra={**extra, "loader_rng": generator.get_state()} if resumable else extra)
 
-    def set_modes() -> None:
-        model.train()
-        for module in fixed:  # frozen layers keep their BatchNorm statistics
-            module.eval()
-
-    start = time.perf_counter()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     log = JsonlLog(folder.log_path, resume_at=it if cfg.resume else None, key="iter")
-    set_modes()
+    model.train()
+    for module in fixed:  # frozen layers keep their BatchNorm statistics
+        module.eval()
     bar = progress_bar(total=cfg.iters, initial=it, desc="voc07-cls fine-tuning", unit="it", disable=not progress)
     try:
         with StopRequests(folder, cfg.save_minutes) as stop:
-            while it < cfg.iters:
+            while it < cfg.iters and it != stop_after:
                 for images, labels in loader:
                     lr = step_lr(cfg, it)
                     for g in optimizer.param_groups:
                         g["lr"] = lr * g["lr_mult"]
-                    logits = model(images.to(device, non_blocking=True))
-                    loss = multilabel_loss(logits, labels.to(device))
+                    with amp:
+                        logits = model(images.to(device, non_blocking=True))
+                    loss = multilabel_loss(logits.float(), labels.to(device))
                     if not math.isfinite(loss.item()):
                         raise RuntimeError(f"loss became {loss.item()} at iteration {it + 1}; try a lower --lr")
                     optimizer.zero_grad(set_to_none=True)
@@ -310,31 +300,83 @@ def run(cfg: VOCClsConfig, progress: bool = True, explicit=(), stop_after: int |
                     stop.raise_if_requested(f"iteration {it}")
                     if it == stop_after or it >= cfg.iters:
                         break
-                if it == stop_after and it < cfg.iters:
-                    return {"out": str(folder.out), "stopped_at": it}
     finally:
         bar.close()
         log.close()
+    if it < cfg.iters:
+        return None
     save(folder.final, resumable=False)
+    plot_loss_curve(folder.log_path, folder.out / "loss.png", title=f"voc07-cls fine-tuning ({info['arch']})")
+    return model, folder.out
 
+
+def load_finetuned(path, device) -> tuple[VOCClassifier, dict]:
+    """A `final.pt` written by voc07-cls -> (model, info of the checkpoint it was fine-tuned from)."""
+    state = load_checkpoint(path)
+    if state.get("loss") != "voc07-cls":
+        raise CheckpointError(f"{path}: not a voc07-cls fine-tuned model (its loss is {state.get('loss')!r}); "
+                              f"--model takes the final.pt of a `bench eval voc07-cls` run")
+    trunk = build_trunk(state["arch"])
+    trunk.load_state_dict(state["trunk"])
+    model = VOCClassifier(trunk)
+    model.fc8.load_state_dict(state["head"])
+    extra = state["extra"]
+    info = {"arch": state["arch"], "sha256": extra["trunk_sha256"], "path": extra["finetuned_from"],
+            "step": extra.get("finetuned_from_step"), "mean": extra["normalization"]["mean"],
+            "std": extra["normalization"]["std"], "loss": None}
+    return model.to(device), info
+
+
+def run(cfg: VOCClsConfig, progress: bool = True, explicit=(), stop_after: int | None = None) -> dict:
+    """Fine-tune (or, with cfg.model, load a fine-tuned model), test, append records. Returns {"mAP":
+    {"reference", "voc07", "reference_1crop"}, "ap": {metric: [20]}, "out", "model", "scores", "store",
+    "method", "run", "deviations", "seconds", "voc", "test_crops", "iters"}, or {"out", "stopped_at"}
+    when stop_after (iterations) left the run early, resumable, as a preempted job would."""
+    from cpfs_bench.evaluate.default_data import describe_dataset
+    from cpfs_bench.results.store import append_records, default_store, make_record
+
+    cfg, deviations = resolve_config(cfg, explicit)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    if cfg.model:  # --eval-only: re-score a saved fine-tuned model
+        model, info = load_finetuned(cfg.model, device)
+        ckpt = info["path"]
+        out = Path(cfg.out) if cfg.out else Path(cfg.model).parent
+        out.mkdir(parents=True, exist_ok=True)
+        model_path = Path(cfg.model)
+    else:
+        trunk, info = load_trunk(cfg.ckpt, device, frozen=False)
+        ckpt = cfg.ckpt
+        cfg = replace(cfg, out=cfg.out or str(evaluation_folder("voc07-cls", cfg.name or default_run_name(ckpt),
+                                                                 info["sha256"])))
+        done = finetune(cfg, trunk, info, device, progress, stop_after)
+        if done is None:
+            return {"out": cfg.out, "stopped_at": stop_after}
+        model, out = done
+        model_path = out / "final.pt"
+    run_name = cfg.name or default_run_name(ckpt)
+
+    augment = ScaleCropMirror(info["mean"], info["std"], cfg.min_scale, cfg.max_scale, cfg.crop)
     test_set = VOCClassification(cfg.voc, "2007", "test", augment, crops=cfg.test_crops, seed=cfg.seed)
-    summed, first = test_scores(model, test_set, cfg.batch_size, device, workers, progress)
-    write_scores(folder.out / "scores_test.csv", test_set.ids, summed)
+    summed, first = test_scores(model, test_set, cfg.batch_size, device, loader_workers(cfg.workers, device), progress)
+    write_scores(out / "scores_test.csv", test_set.ids, summed)
     ap = {"reference": average_precisions(summed, test_set.labels, "sklearn"),
           "voc07": average_precisions(summed, test_set.labels, "voc07"),
           "reference_1crop": average_precisions(first, test_set.labels, "sklearn")}
     maps = {k: float(np.nanmean(v)) for k, v in ap.items()}
 
-    method = cfg.method or default_method_name(info, cfg.ckpt)
+    method = cfg.method or default_method_name(info, ckpt)
     dataset = describe_dataset(cfg.voc, len(VOC_CLASSES), "test", len(test_set))
-    common = dict(method=method, run=run_name, protocol=PROTOCOL, deviations=deviations, checkpoint=cfg.ckpt,
-                  checkpoint_sha256=info["sha256"], checkpoint_step=info["step"], dataset=cfg.voc,
-                  dataset_info=dataset, split="test")
+    common = {"method": method, "run": run_name, "protocol": PROTOCOL, "deviations": deviations, "checkpoint": ckpt,
+             "checkpoint_sha256": info["sha256"], "checkpoint_step": info["step"], "dataset": cfg.voc,
+             "dataset_info": dataset, "split": "test"}
     records = [make_record("voc07_cls", "mAP", maps["reference"], **common,
-                           extra={"ap_metric": "sklearn (reference code, ties against positives)",
+                           extra={"ap_metric": "sklearn (reference code, score - 1e-5 x label)",
                                   "test_crops": cfg.test_crops, "ap": _per_class(ap["reference"]),
                                   "mAP_voc07_11pt": maps["voc07"], "mAP_1crop": maps["reference_1crop"],
-                                  "train_from": cfg.train_from, "run_folder": str(folder.out), "arch": info["arch"]}),
+                                  "train_from": cfg.train_from, "run_folder": str(out), "model": str(model_path),
+                                  "arch": info["arch"]}),
                make_record("voc07_cls", "mAP_voc07_11pt", maps["voc07"], **common,
                            extra={"ap_metric": "devkit 11-point", "test_crops": cfg.test_crops,
                                   "ap": _per_class(ap["voc07"])})]
@@ -342,7 +384,6 @@ def run(cfg: VOCClsConfig, progress: bool = True, explicit=(), stop_after: int |
                 for c, v in _per_class(ap["reference"]).items() if v is not None]
     store = Path(cfg.store) if cfg.store else default_store()
     append_records(store, records)
-    return {"mAP": maps, "ap": ap, "out": str(folder.out), "model": str(folder.final),
-            "scores": str(folder.out / "scores_test.csv"), "store": str(store), "method": method, "run": run_name,
-            "deviations": deviations, "seconds": time.perf_counter() - start, "voc": cfg.voc,
-            "test_crops": cfg.test_crops, "iters": cfg.iters}
+    return {"mAP": maps, "ap": ap, "out": str(out), "model": str(model_path), "scores": str(out / "scores_test.csv"),
+            "store": str(store), "method": method, "run": run_name, "deviations": deviations,
+            "seconds": time.perf_counter() - start, "voc": cfg.voc, "test_crops": cfg.test_crops, "iters": cfg.iters}

@@ -285,9 +285,9 @@ def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int |
 
     method = cfg.method or default_method_name(info, cfg.ckpt)
     dataset = describe_dataset(cfg.voc, len(CLASSES), cfg.test_split, len(test_set))
-    common = dict(method=method, run=run_name, protocol=PROTOCOL, deviations=deviations, checkpoint=cfg.ckpt,
-                  checkpoint_sha256=info["sha256"], checkpoint_step=info["step"], dataset=cfg.voc,
-                  dataset_info=dataset, split=cfg.test_split)
+    common = {"method": method, "run": run_name, "protocol": PROTOCOL, "deviations": deviations, "checkpoint": cfg.ckpt,
+             "checkpoint_sha256": info["sha256"], "checkpoint_step": info["step"], "dataset": cfg.voc,
+             "dataset_info": dataset, "split": cfg.test_split}
     records = [make_record("voc12_seg", "mIoU", scores["mIoU"], **common,
                            extra={"iou": {c: (None if math.isnan(v) else v) for c, v in iou.items()},
                                   "bn_mode": cfg.bn_mode, "arch": info["arch"], "run_folder": str(folder.out),

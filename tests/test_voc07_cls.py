@@ -141,6 +141,15 @@ def test_end_to_end_records_scores_and_resume(tiny_voc, tmp_path):
     per_class = {r["metric"]: r["value"] for r in records if r["metric"].startswith("AP_")}
     assert {"mAP", "mAP_voc07_11pt"} | set(per_class) == {r["metric"] for r in records}
     assert np.mean(list(per_class.values())) == pytest.approx(main["value"])
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+
+    # --eval-only re-scores the saved model: the same seeded test views, the same numbers
+    again = run(VOCClsConfig(model=out["model"], voc=str(tiny_voc), test_crops=2, batch_size=2, workers=0,
+                             store=str(tmp_path / "again.jsonl"), out=str(tmp_path / "again")),
+                progress=False, explicit=("test_crops", "batch_size"))
+    assert again["mAP"] == pytest.approx(out["mAP"], abs=1e-6)
+    record = next(r for r in read_records(tmp_path / "again.jsonl") if r["metric"] == "mAP")
+    assert record["checkpoint_sha256"] == main["checkpoint_sha256"] and record["run"] == main["run"]
 
 
 def test_ten_test_crops_are_distinct_augmented_views_and_scores_are_summed(tiny_voc, tmp_path):
