@@ -471,7 +471,11 @@ def eval_voc07_cls(config_file, eval_only, **kw):
 
 
 @eval_group.command("voc12-seg", short_help="VOC12 segmentation, FCN-32s (Table 1 Seg.).")
-@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help=CKPT_HELP)
+@click.option("--ckpt", type=click.Path(exists=True, dir_okay=False), default=None,
+              help=CKPT_HELP + " Required unless --eval-only.")
+@click.option("--eval-only", is_flag=True, help="Only test: re-score the trained FCN given by --model.")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --eval-only: a voc12-seg run's final.pt.")
 @click.option("--sbd", type=click.Path(file_okay=False), default=None,
               help="SBD (benchmark_RELEASE or its dataset/ folder), the training set. Default: the embedded world.")
 @click.option("--voc", type=click.Path(file_okay=False), default=None,
@@ -501,13 +505,18 @@ def eval_voc07_cls(config_file, eval_only, **kw):
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A voc12-seg run's config.json: rerun with its settings (options typed here win).")
 @fails_cleanly
-def eval_voc12_seg(config_file, **kw):
+def eval_voc12_seg(config_file, eval_only, **kw):
     """VOC2012 segmentation with FCN-32s on the trunk (FCN authors' voc-fcn-alexnet; paper Table 1
     "Seg."): conv1 padded by 100, fc6/fc7 as convolutions with the trunk's weights, 21-way score layer,
     fixed bilinear x32 upsampling, crop; SBD train, whole images, batch 1 x 20 accumulated, SGD lr 1e-4
     fixed, momentum 0.9, weight decay 5e-4, 100k updates, unnormalised softmax loss; mIoU on seg11valid."""
     from cpfs_bench.evaluate.voc12_seg import VOCSegConfig, run
 
+    if eval_only != (kw["model"] is not None):
+        raise click.UsageError("--eval-only and --model go together (re-scoring a trained FCN)")
+    if not eval_only and kw["ckpt"] is None:
+        raise click.UsageError("Missing option '--ckpt' (the checkpoint to train FCN-32s from)")
+    kw["ckpt"] = kw["ckpt"] or ""
     cfg, explicit = config_from_cli(VOCSegConfig, "eval voc12-seg", kw, config_file)
     s = run(cfg, explicit=explicit)
     click.echo(f"VOC12 segmentation mIoU {s['mIoU']:.1f}%, pixel accuracy {s['pixel_accuracy']:.1f}% "

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from cpfs_bench.bench.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from cpfs_bench.bench.config import protocol_values, resolve
 from cpfs_bench.bench.runs import JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device
 from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette
@@ -39,6 +39,8 @@ from cpfs_bench.evaluate.datasets import (
 )
 from cpfs_bench.evaluate.fcn import FCN32s, segmentation_loss
 from cpfs_bench.evaluate.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
+from cpfs_bench.pretrain.alexnet import build_trunk
+from cpfs_bench.results.plots import plot_loss_curve
 
 PROTOCOL = "long15-fcn32s-voc12-seg"
 CLASSES = ("background", *VOC_CLASSES)
@@ -52,6 +54,7 @@ RESUME_MUST_MATCH = ("sbd", "voc", "iters", "iter_size", "lr", "momentum", "weig
 @dataclass(frozen=True)
 class VOCSegConfig:
     ckpt: str = ""
+    model: str | None = None  # --eval-only: a voc12-seg final.pt to re-score (no training)
     sbd: str | None = None  # SBD root (benchmark_RELEASE or its dataset/); None = the embedded world
     voc: str | None = None  # VOCdevkit (or its parent) holding VOC2012 (or VOC2011); None = the embedded world
     train_split: str = "train"  # SBD's list
@@ -193,31 +196,12 @@ def evaluate(model: FCN32s, dataset: SegmentationImages, device, save: int, fold
     return hist
 
 
-def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int | None = None) -> dict:
-    """Train FCN-32s, test, append records. Returns {"mIoU", "pixel_accuracy", "iou" {class: %}, "out",
-    "model", "predictions", "store", "method", "run", "deviations", "seconds", "iters"}.
-    stop_after: leave after that many updates with last.pt written (as a preempted job would)."""
-    from cpfs_bench.evaluate.default_data import describe_dataset
-    from cpfs_bench.results.store import append_records, default_store, make_record
-
-    cfg, deviations = resolve_config(cfg, explicit)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    trunk, info = load_trunk(cfg.ckpt, "cpu", frozen=False)
-    if info["arch"] not in ("caffenet", "caffenet_bn"):
-        raise ValueError(f"{cfg.ckpt}: FCN-32s (voc-fcn-alexnet) is defined on the CaffeNet layout; this checkpoint "
-                         f"is {info['arch']!r}")
-    model = FCN32s(trunk).to(device)
-    run_name = cfg.name or default_run_name(cfg.ckpt)
-    cfg = replace(cfg, out=cfg.out or str(evaluation_folder("voc12-seg", run_name, info["sha256"])))
+def train(cfg: VOCSegConfig, model: FCN32s, info: dict, train_set: SegmentationImages, deviations: dict, device,
+          progress: bool, stop_after: int | None = None) -> Path | None:
+    """The training loop in cfg.out (resumable); the run folder, or None when stopped early."""
     optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum)
     config = {**asdict(cfg), "trunk_sha256": info["sha256"]}
     folder = RunFolder(cfg.out, "eval voc12-seg", config, cfg.resume, RESUME_MUST_MATCH)
-    train_set = SegmentationImages("sbd", cfg.sbd, cfg.train_split, info["mean"], info["std"])
-    test_set = SegmentationImages("voc", cfg.voc, cfg.test_split, info["mean"], info["std"])
-    if not len(train_set) or not len(test_set):
-        raise ValueError(f"empty split: SBD {cfg.train_split} has {len(train_set)} images, VOC {cfg.test_split} "
-                         f"{len(test_set)}")
     generator = torch.Generator().manual_seed(cfg.seed)
     workers = loader_workers(cfg.workers, device)
     loader = DataLoader(train_set, batch_size=1, shuffle=True, generator=generator, num_workers=workers)
@@ -231,7 +215,7 @@ def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int |
         step = state["step"]
     extra = {"normalization": {"mean": list(info["mean"]), "std": list(info["std"])}, "classes": list(CLASSES),
              "trunk_sha256": info["sha256"], "deviations": deviations, "finetuned_from": info["path"],
-             "crop_offset": model.offset}
+             "finetuned_from_step": info["step"], "crop_offset": model.offset}
 
     def save(path, resumable: bool) -> None:  # the whole FCN is the head; trunk left empty
         save_checkpoint(path, arch=info["arch"], trunk={}, head=model.state_dict(), loss="voc12-seg-fcn32s", step=step,
@@ -240,7 +224,7 @@ def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int |
 
     for g in optimizer.param_groups:
         g["lr"] = cfg.lr * g["lr_mult"]
-    start = time.perf_counter()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     log = JsonlLog(folder.log_path, resume_at=step if cfg.resume else None, key="iter")
     set_modes(model, cfg.bn_mode)
     bar = progress_bar(total=cfg.iters, initial=step, desc="voc12-seg FCN-32s", unit="update", disable=not progress)
@@ -256,7 +240,9 @@ def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int |
                     except StopIteration:
                         images = iter(loader)
                         x, labels = next(images)
-                    loss = segmentation_loss(model(x.to(device)), labels.to(device))
+                    with amp:
+                        scores = model(x.to(device))
+                    loss = segmentation_loss(scores.float(), labels.to(device))
                     if not math.isfinite(loss.item()):
                         raise RuntimeError(f"loss became {loss.item()} at update {step + 1}; try a lower --lr")
                     (loss / cfg.iter_size).backward()  # Caffe divides the accumulated gradient by iter_size
@@ -274,28 +260,86 @@ def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int |
         bar.close()
         log.close()
     if step < cfg.iters:
-        return {"out": str(folder.out), "stopped_at": step}
+        return None
     save(folder.final, resumable=False)
+    plot_loss_curve(folder.log_path, folder.out / "loss.png", value="loss_per_pixel",
+                    title=f"voc12-seg FCN-32s ({info['arch']})")
+    return folder.out
 
-    predictions = folder.out / "predictions"
+
+
+def load_trained(path, device) -> tuple[FCN32s, dict]:
+    """A `final.pt` written by voc12-seg -> (FCN, info of the checkpoint it was trained from)."""
+    state = load_checkpoint(path)
+    if state.get("loss") != "voc12-seg-fcn32s":
+        raise CheckpointError(f"{path}: not a voc12-seg model (its loss is {state.get('loss')!r}); --model takes "
+                              f"the final.pt of a `bench eval voc12-seg` run")
+    model = FCN32s(build_trunk(state["arch"]))
+    model.load_state_dict(state["head"])
+    extra = state["extra"]
+    info = {"arch": state["arch"], "sha256": extra["trunk_sha256"], "path": extra["finetuned_from"],
+            "step": extra.get("finetuned_from_step"), "mean": extra["normalization"]["mean"],
+            "std": extra["normalization"]["std"], "loss": None}
+    return model.to(device), info
+
+
+def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int | None = None) -> dict:
+    """Train FCN-32s (or, with cfg.model, load a trained one), test, append records. Returns {"mIoU",
+    "pixel_accuracy", "iou" {class: %}, "out", "model", "predictions", "store", "method", "run", "deviations",
+    "seconds", "iters"}, or {"out", "stopped_at"} when stop_after (updates) left the run early, resumable."""
+    from cpfs_bench.evaluate.default_data import describe_dataset
+    from cpfs_bench.results.store import append_records, default_store, make_record
+
+    cfg, deviations = resolve_config(cfg, explicit)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    if cfg.model:  # --eval-only
+        model, info = load_trained(cfg.model, device)
+        ckpt = info["path"]
+    else:
+        trunk, info = load_trunk(cfg.ckpt, "cpu", frozen=False)
+        ckpt = cfg.ckpt
+        if info["arch"] not in ("caffenet", "caffenet_bn"):
+            raise ValueError(f"{cfg.ckpt}: FCN-32s (voc-fcn-alexnet) is defined on the CaffeNet layout; this "
+                             f"checkpoint is {info['arch']!r}")
+        model = FCN32s(trunk).to(device)
+    run_name = cfg.name or default_run_name(ckpt)
+    test_set = SegmentationImages("voc", cfg.voc, cfg.test_split, info["mean"], info["std"])
+    train_set = SegmentationImages("sbd", cfg.sbd, cfg.train_split, info["mean"], info["std"])
+    if not len(train_set) or not len(test_set):
+        raise ValueError(f"empty split: SBD {cfg.train_split} has {len(train_set)} images, VOC {cfg.test_split} "
+                         f"{len(test_set)}")
+    if cfg.model:
+        out = Path(cfg.out) if cfg.out else Path(cfg.model).parent
+        out.mkdir(parents=True, exist_ok=True)
+        model_path = Path(cfg.model)
+    else:
+        cfg = replace(cfg, out=cfg.out or str(evaluation_folder("voc12-seg", run_name, info["sha256"])))
+        out = train(cfg, model, info, train_set, deviations, device, progress, stop_after)
+        if out is None:
+            return {"out": cfg.out, "stopped_at": stop_after}
+        model_path = out / "final.pt"
+
+    predictions = out / "predictions"
     hist = evaluate(model, test_set, device, cfg.save_predictions, predictions, progress)
-    np.save(folder.out / "confusion.npy", hist)
+    np.save(out / "confusion.npy", hist)
     iou = {c: float(100 * v) for c, v in zip(CLASSES, per_class_iou(hist))}
     scores = {"mIoU": 100 * mean_iou(hist), "pixel_accuracy": 100 * pixel_accuracy(hist)}
 
-    method = cfg.method or default_method_name(info, cfg.ckpt)
+    method = cfg.method or default_method_name(info, ckpt)
     dataset = describe_dataset(cfg.voc, len(CLASSES), cfg.test_split, len(test_set))
-    common = {"method": method, "run": run_name, "protocol": PROTOCOL, "deviations": deviations, "checkpoint": cfg.ckpt,
+    common = {"method": method, "run": run_name, "protocol": PROTOCOL, "deviations": deviations, "checkpoint": ckpt,
              "checkpoint_sha256": info["sha256"], "checkpoint_step": info["step"], "dataset": cfg.voc,
              "dataset_info": dataset, "split": cfg.test_split}
     records = [make_record("voc12_seg", "mIoU", scores["mIoU"], **common,
                            extra={"iou": {c: (None if math.isnan(v) else v) for c, v in iou.items()},
-                                  "bn_mode": cfg.bn_mode, "arch": info["arch"], "run_folder": str(folder.out),
+                                  "bn_mode": cfg.bn_mode, "arch": info["arch"], "run_folder": str(out),
                                   "train": f"SBD {cfg.train_split} ({len(train_set)} images)"}),
                make_record("voc12_seg", "pixel_accuracy", scores["pixel_accuracy"], **common)]
     records += [make_record("voc12_seg", f"IoU_{c}", v, **common) for c, v in iou.items() if not math.isnan(v)]
     store = Path(cfg.store) if cfg.store else default_store()
     append_records(store, records)
-    return {**scores, "iou": iou, "out": str(folder.out), "model": str(folder.final),
+    return {**scores, "iou": iou, "out": str(out), "model": str(model_path),
             "predictions": str(predictions) if cfg.save_predictions else None, "store": str(store), "method": method,
             "run": run_name, "deviations": deviations, "seconds": time.perf_counter() - start, "iters": cfg.iters}

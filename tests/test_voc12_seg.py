@@ -100,6 +100,10 @@ def test_end_to_end_records_predictions_and_resume(tmp_path):
     assert records["mIoU"]["split"] == "seg11valid" and records["mIoU"]["deviations"]["iters"] == 2
     assert records["pixel_accuracy"]["value"] == pytest.approx(100 * np.trace(hist) / hist.sum(), abs=1e-9)
     assert out["mIoU"] == pytest.approx(expected, abs=1e-9)
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+    again = run(VOCSegConfig(model=out["model"], sbd=str(voc), voc=str(voc), out=str(tmp_path / "again"),
+                             store=str(tmp_path / "again.jsonl"), workers=0), progress=False)
+    assert again["mIoU"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_bad_inputs_name_the_file(tmp_path):
