@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from cpfs_bench.bench.config import protocol_values, resolve
 from cpfs_bench.bench.runs import JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device
+from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.bench.voc_format import VOC_CLASSES
 from cpfs_bench.evaluate.backbone import default_method_name, default_run_name, evaluation_folder, load_trunk
 from cpfs_bench.evaluate.datasets import voc_classification_labels, voc_image_path
@@ -147,11 +148,13 @@ class VOCClassification(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        """key: i (test views, or one view from the global RNG) or (i, seed) from StepBatchSampler."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         image = Image.open(voc_image_path(self.root, self.year, self.ids[i])).convert("RGB")
         labels = torch.from_numpy(self.labels[i].astype(np.int64))
         if not self.crops:
-            return self.transform(image), labels
+            return self.transform(image, None if seed is None else torch.Generator().manual_seed(seed)), labels
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         return torch.stack([self.transform(image, generator) for _ in range(self.crops)]), labels
 
@@ -246,19 +249,19 @@ def finetune(cfg: VOCClsConfig, trunk: nn.Module, info: dict, device, progress: 
     folder = RunFolder(cfg.out, "eval voc07-cls", config, cfg.resume, RESUME_MUST_MATCH)
     augment = ScaleCropMirror(info["mean"], info["std"], cfg.min_scale, cfg.max_scale, cfg.crop)
     train_set = VOCClassification(cfg.voc, "2007", "trainval", augment)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size,
-                        num_workers=loader_workers(cfg.workers, device), generator=generator,
-                        pin_memory=device.type == "cuda")
     it = 0
     if cfg.resume:
         state = load_checkpoint(folder.last)
         model.trunk.load_state_dict(state["trunk"])
         model.fc8.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        generator.set_state(state["extra"]["loader_rng"])
+        set_rng_state(state["rng"])  # dropout draws from the global RNG
         it = state["step"]
+    # batches by iteration, augmentation seeded per sample: a resumed run sees what the uninterrupted one would
+    sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, it, cfg.iters)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=loader_workers(cfg.workers, device),
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
+    # (its own generator: creating the iterator would otherwise draw from the global RNG, which dropout uses)
     extra = {"normalization": {"mean": list(info["mean"]), "std": list(info["std"])}, "classes": list(VOC_CLASSES),
              "trunk_sha256": info["sha256"], "finetuned_from": info["path"], "finetuned_from_step": info["step"],
              "train_from": cfg.train_from}
@@ -266,7 +269,7 @@ def finetune(cfg: VOCClsConfig, trunk: nn.Module, info: dict, device, progress: 
     def save(path, resumable: bool) -> None:
         save_checkpoint(path, arch=info["arch"], trunk=model.trunk.state_dict(), head=model.fc8.state_dict(),
                         loss="voc07-cls", step=it, config=config, optimizer=optimizer.state_dict() if resumable else None,
-                        with_rng=resumable, extra={**extra, "loader_rng": generator.get_state()} if resumable else extra)
+                        with_rng=resumable, extra=extra)
 
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     log = JsonlLog(folder.log_path, resume_at=it if cfg.resume else None, key="iter")
@@ -276,7 +279,7 @@ def finetune(cfg: VOCClsConfig, trunk: nn.Module, info: dict, device, progress: 
     bar = progress_bar(total=cfg.iters, initial=it, desc="voc07-cls fine-tuning", unit="it", disable=not progress)
     try:
         with StopRequests(folder, cfg.save_minutes) as stop:
-            while it < cfg.iters and it != stop_after:
+            if it != stop_after:
                 for images, labels in loader:
                     lr = step_lr(cfg, it)
                     for g in optimizer.param_groups:

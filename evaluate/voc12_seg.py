@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from cpfs_bench.bench.config import protocol_values, resolve
 from cpfs_bench.bench.runs import JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device
+from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette
 from cpfs_bench.evaluate.backbone import default_method_name, default_run_name, evaluation_folder, load_trunk
 from cpfs_bench.evaluate.datasets import (
@@ -128,7 +129,9 @@ class SegmentationImages(Dataset):
         return (voc_image_path(self.root, self.year, image_id),
                 voc_year_dir(self.root, self.year) / "SegmentationClass" / f"{image_id}.png")
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        """key: i, or (i, seed) from StepBatchSampler (no augmentation: the seed is not used)."""
+        i = key[0] if isinstance(key, tuple) else key
         image_path, label_path = self.paths(i)
         if not image_path.exists():
             raise FileNotFoundError(f"{image_path}: image listed in the split file is missing")
@@ -202,17 +205,17 @@ def train(cfg: VOCSegConfig, model: FCN32s, info: dict, train_set: SegmentationI
     optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum)
     config = {**asdict(cfg), "trunk_sha256": info["sha256"]}
     folder = RunFolder(cfg.out, "eval voc12-seg", config, cfg.resume, RESUME_MUST_MATCH)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    workers = loader_workers(cfg.workers, device)
-    loader = DataLoader(train_set, batch_size=1, shuffle=True, generator=generator, num_workers=workers)
     step = 0
     if cfg.resume:
         state = load_checkpoint(folder.last)
         model.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        generator.set_state(state["extra"]["loader_rng"])
+        set_rng_state(state["rng"])  # dropout draws from the global RNG
         step = state["step"]
+    # images in an order fixed by (seed, position): a resumed run sees what the uninterrupted one would
+    sampler = StepBatchSampler(len(train_set), 1, cfg.seed, step * cfg.iter_size, cfg.iters * cfg.iter_size)
+    images = iter(DataLoader(train_set, batch_sampler=sampler, num_workers=loader_workers(cfg.workers, device),
+                             generator=torch.Generator().manual_seed(cfg.seed)))  # keeps the global RNG for dropout
     extra = {"normalization": {"mean": list(info["mean"]), "std": list(info["std"])}, "classes": list(CLASSES),
              "trunk_sha256": info["sha256"], "deviations": deviations, "finetuned_from": info["path"],
              "finetuned_from_step": info["step"], "crop_offset": model.offset}
@@ -220,7 +223,7 @@ def train(cfg: VOCSegConfig, model: FCN32s, info: dict, train_set: SegmentationI
     def save(path, resumable: bool) -> None:  # the whole FCN is the head; trunk left empty
         save_checkpoint(path, arch=info["arch"], trunk={}, head=model.state_dict(), loss="voc12-seg-fcn32s", step=step,
                         config=config, optimizer=optimizer.state_dict() if resumable else None, with_rng=resumable,
-                        extra={**extra, "loader_rng": generator.get_state()} if resumable else extra)
+                        extra=extra)
 
     for g in optimizer.param_groups:
         g["lr"] = cfg.lr * g["lr_mult"]
@@ -228,18 +231,13 @@ def train(cfg: VOCSegConfig, model: FCN32s, info: dict, train_set: SegmentationI
     log = JsonlLog(folder.log_path, resume_at=step if cfg.resume else None, key="iter")
     set_modes(model, cfg.bn_mode)
     bar = progress_bar(total=cfg.iters, initial=step, desc="voc12-seg FCN-32s", unit="update", disable=not progress)
-    images = iter(())
     try:
         with StopRequests(folder, cfg.save_minutes) as stop:
             while step < cfg.iters and step != stop_after:
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum, pixels = 0.0, 0
                 for _ in range(cfg.iter_size):
-                    try:
-                        x, labels = next(images)
-                    except StopIteration:
-                        images = iter(loader)
-                        x, labels = next(images)
+                    x, labels = next(images)
                     with amp:
                         scores = model(x.to(device))
                     loss = segmentation_loss(scores.float(), labels.to(device))

@@ -1,7 +1,8 @@
 """pretrain/data.py: crops, flips and resizes move the flow with the frame; the sampler resumes exactly."""
 import numpy as np
 
-from cpfs_bench.pretrain.data import StepBatchSampler, random_crop_flip
+from cpfs_bench.bench.sampling import StepBatchSampler
+from cpfs_bench.pretrain.data import random_crop_flip
 
 
 def affine_flow(h, w, a=1.5, b=0.02, c=-2.0, d=0.03):

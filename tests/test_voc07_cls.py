@@ -113,6 +113,12 @@ def test_end_to_end_records_scores_and_resume(tiny_voc, tmp_path):
     out = run(VOCClsConfig(**{**cfg.__dict__, "resume": True}), progress=False, explicit=explicit)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in log] == [1, 2, 3]
+    # the resume is exact: the same weights as a run never interrupted
+    whole = run(VOCClsConfig(**{**cfg.__dict__, "out": str(tmp_path / "whole"), "store": str(tmp_path / "w.jsonl")}),
+                progress=False, explicit=explicit)
+    a, b = torch.load(out["model"], weights_only=True), torch.load(whole["model"], weights_only=True)
+    assert all(torch.equal(a["trunk"][k], b["trunk"][k]) for k in a["trunk"])
+    assert all(torch.equal(a["head"][k], b["head"][k]) for k in a["head"])
 
     # --train-from fc6: the convolutions (weights and BatchNorm statistics) are the checkpoint's
     final = torch.load(out["model"], weights_only=True)

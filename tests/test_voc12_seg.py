@@ -82,6 +82,11 @@ def test_end_to_end_records_predictions_and_resume(tmp_path):
     out = run(VOCSegConfig(**{**cfg.__dict__, "resume": True}), progress=False, explicit=explicit)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in log] == [1, 2]
+    # the resume is exact: the same weights as a run never interrupted
+    whole = run(VOCSegConfig(**{**cfg.__dict__, "out": str(tmp_path / "whole"), "store": str(tmp_path / "w.jsonl"),
+                                "save_predictions": 0}), progress=False, explicit=explicit)
+    a, b = torch.load(out["model"], weights_only=True)["head"], torch.load(whole["model"], weights_only=True)["head"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
     # every prediction: a palette PNG of the image's size; mIoU recomputed from them with scikit-learn
     hist = np.zeros((21, 21), np.int64)
