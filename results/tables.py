@@ -58,7 +58,7 @@ OURS_BLOCK = "cpfs-bench"
 
 TABLES = (1, 2, "svm")
 TITLES = {
-    1: "Table 1: PASCAL VOC (Cls. %mAP VOC07, Det. %mAP VOC07, Seg. %mIoU VOC12)",
+    1: "Table 1: PASCAL VOC (Cls. %mAP VOC07, AP as the fine-tuning reference code computes it; Det. %mAP VOC07; Seg. %mIoU VOC12)",
     2: "Table 2: ImageNet linear probes, top-1 % per layer",
     "svm": "VOC07 linear SVMs per layer (Goyal et al. 2019), test %mAP (not in the paper)",
 }
