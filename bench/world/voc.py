@@ -51,7 +51,7 @@ class VOCWorldConfig:
     max_size: int = 320
     # Scene layout (world version 3). Photographs put their subject near the centre; with centres uniform
     # over the image, small and 1-4 per image (version 2), pooled features of a supervised trunk reached
-    # only 20% SVM mAP at conv5 (random 15%); centre-biased, larger, 1-3 objects: 29% (random 15%).
+    # only 20% SVM mAP at conv5 (random 15%); centre-biased, larger, 1-3 objects: 28% (random 15%).
     max_objects: int = 3  # objects per image drawn in [1, max_objects]
     object_size: tuple[float, float] = (0.3, 0.7)  # an object's extent, as a fraction of the shorter side
     center_spread: float = 0.15  # centres normal about the image centre, this std (fraction of the side);
