@@ -76,6 +76,15 @@ def config_from_cli(cls, command: str, kw: dict, config_file=None):
     return cls(**values), typed | set(from_file)
 
 
+def _check_eval_only(kw: dict, eval_only: bool, ckpt_role: str) -> None:
+    """--eval-only needs --model and nothing else needs it; without --eval-only, --ckpt is required."""
+    if eval_only != (kw["model"] is not None):
+        raise click.UsageError("--eval-only and --model go together (re-scoring a model this command trained)")
+    if not eval_only and kw["ckpt"] is None:
+        raise click.UsageError(f"Missing option '--ckpt' ({ckpt_role})")
+    kw["ckpt"] = kw["ckpt"] or ""
+
+
 def comma_list(kind=str):
     """A click callback: "a,b,c" -> tuple, each item converted by `kind`; a bad item is a usage error."""
 
@@ -456,11 +465,7 @@ def eval_voc07_cls(config_file, eval_only, **kw):
     reference code computes it (and the devkit's 11-point)."""
     from cpfs_bench.evaluate.voc07_cls import VOCClsConfig, run
 
-    if eval_only != (kw["model"] is not None):
-        raise click.UsageError("--eval-only and --model go together (re-scoring a fine-tuned model)")
-    if not eval_only and kw["ckpt"] is None:
-        raise click.UsageError("Missing option '--ckpt' (the checkpoint to fine-tune)")
-    kw["ckpt"] = kw["ckpt"] or ""
+    _check_eval_only(kw, eval_only, "the checkpoint to fine-tune")
     cfg, explicit = config_from_cli(VOCClsConfig, "eval voc07-cls", kw, config_file)
     s = run(cfg, explicit=explicit)
     click.echo(f"VOC07 classification mAP {s['mAP']['reference']:.1f}% (reference AP, {s['test_crops']} crops); "
@@ -512,11 +517,7 @@ def eval_voc12_seg(config_file, eval_only, **kw):
     fixed, momentum 0.9, weight decay 5e-4, 100k updates, unnormalised softmax loss; mIoU on seg11valid."""
     from cpfs_bench.evaluate.voc12_seg import VOCSegConfig, run
 
-    if eval_only != (kw["model"] is not None):
-        raise click.UsageError("--eval-only and --model go together (re-scoring a trained FCN)")
-    if not eval_only and kw["ckpt"] is None:
-        raise click.UsageError("Missing option '--ckpt' (the checkpoint to train FCN-32s from)")
-    kw["ckpt"] = kw["ckpt"] or ""
+    _check_eval_only(kw, eval_only, "the checkpoint to train FCN-32s from")
     cfg, explicit = config_from_cli(VOCSegConfig, "eval voc12-seg", kw, config_file)
     s = run(cfg, explicit=explicit)
     click.echo(f"VOC12 segmentation mIoU {s['mIoU']:.1f}%, pixel accuracy {s['pixel_accuracy']:.1f}% "

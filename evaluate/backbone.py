@@ -91,6 +91,15 @@ def _check_keys(path, arch: str, expected: dict, state: dict) -> None:
     raise CheckpointError(f"{path}: does not match a {arch} trunk ({EXPECTED_LAYOUT[arch]}); {'; '.join(problems)}")
 
 
+def finetuned_source(state: dict) -> dict:
+    """The `info` of the checkpoint a fine-tuned model (voc07-cls, voc12-seg final.pt) was trained from,
+    as `load_trunk` gives it, from what the fine-tuning recorded in the model's `extra`."""
+    extra = state["extra"]
+    return {"arch": state["arch"], "sha256": extra["trunk_sha256"], "path": extra["finetuned_from"],
+            "step": extra.get("finetuned_from_step"), "mean": extra["normalization"]["mean"],
+            "std": extra["normalization"]["std"], "loss": None, "format": "cpfs-bench"}
+
+
 def freeze(trunk: torch.nn.Module, device="cpu") -> torch.nn.Module:
     """The trunk as every evaluation uses it: on `device`, eval mode, no gradients, channels-last."""
     # channels-last: on CPU the trunk runs ~20% faster and the probes' big average pools ~4x faster

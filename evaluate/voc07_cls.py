@@ -38,7 +38,13 @@ from cpfs_bench.bench.config import protocol_values, resolve
 from cpfs_bench.bench.runs import JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device
 from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.bench.voc_format import VOC_CLASSES
-from cpfs_bench.evaluate.backbone import default_method_name, default_run_name, evaluation_folder, load_trunk
+from cpfs_bench.evaluate.backbone import (
+    default_method_name,
+    default_run_name,
+    evaluation_folder,
+    finetuned_source,
+    load_trunk,
+)
 from cpfs_bench.evaluate.datasets import voc_classification_labels, voc_image_path
 from cpfs_bench.evaluate.metrics import classification_ap
 from cpfs_bench.pretrain.alexnet import build_trunk
@@ -323,11 +329,7 @@ def load_finetuned(path, device) -> tuple[VOCClassifier, dict]:
     trunk.load_state_dict(state["trunk"])
     model = VOCClassifier(trunk)
     model.fc8.load_state_dict(state["head"])
-    extra = state["extra"]
-    info = {"arch": state["arch"], "sha256": extra["trunk_sha256"], "path": extra["finetuned_from"],
-            "step": extra.get("finetuned_from_step"), "mean": extra["normalization"]["mean"],
-            "std": extra["normalization"]["std"], "loss": None}
-    return model.to(device), info
+    return model.to(device), finetuned_source(state)
 
 
 def run(cfg: VOCClsConfig, progress: bool = True, explicit=(), stop_after: int | None = None) -> dict:

@@ -27,7 +27,13 @@ from cpfs_bench.bench.config import protocol_values, resolve
 from cpfs_bench.bench.runs import JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device
 from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette
-from cpfs_bench.evaluate.backbone import default_method_name, default_run_name, evaluation_folder, load_trunk
+from cpfs_bench.evaluate.backbone import (
+    default_method_name,
+    default_run_name,
+    evaluation_folder,
+    finetuned_source,
+    load_trunk,
+)
 from cpfs_bench.evaluate.datasets import (
     DatasetFormatError,
     read_sbd_segmentation,
@@ -274,11 +280,7 @@ def load_trained(path, device) -> tuple[FCN32s, dict]:
                               f"the final.pt of a `bench eval voc12-seg` run")
     model = FCN32s(build_trunk(state["arch"]))
     model.load_state_dict(state["head"])
-    extra = state["extra"]
-    info = {"arch": state["arch"], "sha256": extra["trunk_sha256"], "path": extra["finetuned_from"],
-            "step": extra.get("finetuned_from_step"), "mean": extra["normalization"]["mean"],
-            "std": extra["normalization"]["std"], "loss": None}
-    return model.to(device), info
+    return model.to(device), finetuned_source(state)
 
 
 def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int | None = None) -> dict:
