@@ -491,6 +491,10 @@ def eval_voc07_cls(config_file, eval_only, **kw):
 @click.option("--iter-size", type=POSITIVE, default=defaults_of(VOCSegConfig)["iter_size"], show_default=True,
               help="Images per update (batch 1, gradients accumulated).")
 @click.option("--lr", type=POSITIVE_FLOAT, default=defaults_of(VOCSegConfig)["lr"], show_default=True)
+@click.option("--loss-normalization", type=click.Choice(["pixels", "none"]),
+              default=defaults_of(VOCSegConfig)["loss_normalization"], show_default=True,
+              help="pixels: the loss divided by the labelled pixels (the reference solver's lr 1e-4 is 'for "
+                   "normalized softmax'); none: summed, as the reference net.py (diverges at lr 1e-4). Recorded.")
 @click.option("--test-split", default=defaults_of(VOCSegConfig)["test_split"], show_default=True,
               help="VOC ImageSets/Segmentation list to test on.")
 @click.option("--save-predictions", type=NON_NEGATIVE, default=0, show_default=True,
@@ -514,7 +518,8 @@ def eval_voc12_seg(config_file, eval_only, **kw):
     """VOC2012 segmentation with FCN-32s on the trunk (FCN authors' voc-fcn-alexnet; paper Table 1
     "Seg."): conv1 padded by 100, fc6/fc7 as convolutions with the trunk's weights, 21-way score layer,
     fixed bilinear x32 upsampling, crop; SBD train, whole images, batch 1 x 20 accumulated, SGD lr 1e-4
-    fixed, momentum 0.9, weight decay 5e-4, 100k updates, unnormalised softmax loss; mIoU on seg11valid."""
+    fixed, momentum 0.9, weight decay 5e-4, 100k updates, softmax loss per labelled pixel (the reference's
+    net.py sums it, its solver's lr is for the normalised one; recorded); mIoU on seg11valid."""
     from cpfs_bench.evaluate.voc12_seg import VOCSegConfig, run
 
     _check_eval_only(kw, eval_only, "the checkpoint to train FCN-32s from")

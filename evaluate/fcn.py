@@ -107,7 +107,15 @@ class FCN32s(nn.Module):
         return up[..., o:o + height, o:o + width]
 
 
-def segmentation_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy summed over the labelled pixels (not normalised), 255 ignored.
-    scores (B, C, H, W), labels (B, H, W) int64."""
-    return F.cross_entropy(scores, labels, ignore_index=255, reduction="sum")
+def segmentation_loss(scores: torch.Tensor, labels: torch.Tensor, normalization: str = "none") -> torch.Tensor:
+    """Softmax cross-entropy over the labelled pixels, 255 ignored. scores (B, C, H, W), labels (B, H, W) int64.
+
+    normalization "none": summed (Caffe's SoftmaxWithLoss normalize: false, as voc-fcn-alexnet's net.py);
+    "pixels": divided by the number of labelled pixels (Caffe's normalize: true, the "normalized softmax"
+    its solver.prototxt sets lr 1e-4 for). A batch with no labelled pixel gives 0 either way."""
+    total = F.cross_entropy(scores, labels, ignore_index=255, reduction="sum")
+    if normalization == "none":
+        return total
+    if normalization == "pixels":
+        return total / (labels != 255).sum().clamp(min=1)
+    raise ValueError(f"unknown loss normalization {normalization!r}; choose none or pixels")

@@ -5,8 +5,14 @@ score.py; ../shared/PROTOCOLS.md).
 Train on SBD train (whole images, no augmentation, shuffled), test on seg11valid (VOC2011 val images
 not in SBD train). SGD momentum 0.9, fixed lr 1e-4, weight decay 5e-4 (the score layer's bias: lr x2,
 no decay), 100,000 iterations of 20 images each (batch 1, gradients accumulated; as Caffe's iter_size,
-the accumulated gradient is divided by 20); softmax loss summed over the pixels (not normalised),
-255 ignored. mIoU = mean over 21 classes of the confusion matrix accumulated over the whole test set
+the accumulated gradient is divided by 20); softmax loss, 255 ignored.
+
+The reference contradicts itself on the loss: net.py sums it over the pixels (normalize: false) while
+solver.prototxt gives lr 1e-4 as the "lr for normalized softmax". Summed over a whole image (~10^5
+pixels) at lr 1e-4 the first updates move the logits by thousands and training diverges (measured on
+the embedded world, see the README), so the default divides by the labelled pixels (normalize: true),
+which is what the lr was set for; `loss_normalization="none"` gives net.py's sum. Every run records
+this as a deviation from net.py. mIoU = mean over 21 classes of the confusion matrix accumulated over the whole test set
 (FCN's score.py), with per-class IoU and pixel accuracy. BatchNorm trunks run on their running
 statistics (eval mode; with one image per forward, batch statistics are per image), recorded.
 """
@@ -53,9 +59,12 @@ PROTOCOL = "long15-fcn32s-voc12-seg"
 CLASSES = ("background", *VOC_CLASSES)
 # smoke: a pipeline check on the embedded world (a few minutes on 2 cores), not a measurement
 PRESETS = {"smoke": {"iters": 10}}
-PROTOCOL_FIELDS = ("iters", "iter_size", "lr", "momentum", "weight_decay", "train_split", "test_split", "bn_mode")
+PROTOCOL_FIELDS = ("iters", "iter_size", "lr", "momentum", "weight_decay", "train_split", "test_split", "bn_mode",
+                   "loss_normalization")
+# net.py's loss; the default differs on purpose (see the module docstring), so every run records it
+PROTOCOL_LOSS_NORMALIZATION = "none"
 RESUME_MUST_MATCH = ("sbd", "voc", "iters", "iter_size", "lr", "momentum", "weight_decay", "train_split", "seed",
-                     "bn_mode", "trunk_sha256")
+                     "bn_mode", "loss_normalization", "trunk_sha256")
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,7 @@ class VOCSegConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     bn_mode: str = "eval"  # BatchNorm trunks: running statistics (the only sensible choice at batch 1)
+    loss_normalization: str = "pixels"  # "pixels" (the solver's lr is for it) or "none" (net.py); see above
     preset: str | None = None
     seed: int = 0
     save_predictions: int = 0  # write this many test predictions (palette PNG + picture)
@@ -95,7 +105,10 @@ def resolve_config(cfg: VOCSegConfig, explicit=()) -> tuple[VOCSegConfig, dict]:
         cfg = replace(cfg, sbd=cfg.sbd or world, voc=cfg.voc or world, preset=cfg.preset or "smoke")
     if cfg.bn_mode not in ("eval", "train"):
         raise ValueError(f"unknown bn_mode {cfg.bn_mode!r}; choose eval or train")
-    return resolve(cfg, PRESETS, explicit, protocol_values(VOCSegConfig, PROTOCOL_FIELDS))
+    if cfg.loss_normalization not in ("pixels", "none"):
+        raise ValueError(f"unknown loss_normalization {cfg.loss_normalization!r}; choose pixels or none")
+    protocol = {**protocol_values(VOCSegConfig, PROTOCOL_FIELDS), "loss_normalization": PROTOCOL_LOSS_NORMALIZATION}
+    return resolve(cfg, PRESETS, explicit, protocol)
 
 
 def voc_segmentation_year(root) -> str:
@@ -241,22 +254,24 @@ def train(cfg: VOCSegConfig, model: FCN32s, info: dict, train_set: SegmentationI
         with StopRequests(folder, cfg.save_minutes) as stop:
             while step < cfg.iters and step != stop_after:
                 optimizer.zero_grad(set_to_none=True)
-                loss_sum, pixels = 0.0, 0
+                loss_sum, summed, pixels = 0.0, 0.0, 0
                 for _ in range(cfg.iter_size):
                     x, labels = next(images)
                     with amp:
                         scores = model(x.to(device))
-                    loss = segmentation_loss(scores.float(), labels.to(device))
+                    loss = segmentation_loss(scores.float(), labels.to(device), cfg.loss_normalization)
                     if not math.isfinite(loss.item()):
                         raise RuntimeError(f"loss became {loss.item()} at update {step + 1}; try a lower --lr")
                     (loss / cfg.iter_size).backward()  # Caffe divides the accumulated gradient by iter_size
+                    labelled = int((labels != 255).sum())
                     loss_sum += loss.item()
-                    pixels += int((labels != 255).sum())
+                    summed += loss.item() * (max(labelled, 1) if cfg.loss_normalization == "pixels" else 1)
+                    pixels += labelled
                 optimizer.step()
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss_per_pixel=f"{loss_sum / max(pixels, 1):.3f}")
-                log.write({"iter": step, "loss": loss_sum / cfg.iter_size, "loss_per_pixel": loss_sum / max(pixels, 1)})
+                bar.set_postfix(loss_per_pixel=f"{summed / max(pixels, 1):.3f}")
+                log.write({"iter": step, "loss": loss_sum / cfg.iter_size, "loss_per_pixel": summed / max(pixels, 1)})
                 if stop.save_due(step % cfg.ckpt_every == 0 or step == cfg.iters or step == stop_after):
                     save(folder.last, resumable=True)
                 stop.raise_if_requested(f"update {step}")
@@ -306,15 +321,19 @@ def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int |
         model = FCN32s(trunk).to(device)
     run_name = cfg.name or default_run_name(ckpt)
     test_set = SegmentationImages("voc", cfg.voc, cfg.test_split, info["mean"], info["std"])
-    train_set = SegmentationImages("sbd", cfg.sbd, cfg.train_split, info["mean"], info["std"])
-    if not len(train_set) or not len(test_set):
-        raise ValueError(f"empty split: SBD {cfg.train_split} has {len(train_set)} images, VOC {cfg.test_split} "
-                         f"{len(test_set)}")
+    if not len(test_set):
+        raise ValueError(f"{cfg.voc}: the VOC {cfg.test_split} list is empty")
     if cfg.model:
         out = Path(cfg.out) if cfg.out else Path(cfg.model).parent
         out.mkdir(parents=True, exist_ok=True)
         model_path = Path(cfg.model)
+        trained = load_checkpoint(model_path).get("config", {})  # what it was trained on, for the record
+        train_description = f"SBD {trained.get('train_split', '?')} in {trained.get('sbd', '?')}"
     else:
+        train_set = SegmentationImages("sbd", cfg.sbd, cfg.train_split, info["mean"], info["std"])
+        if not len(train_set):
+            raise ValueError(f"{cfg.sbd}: the SBD {cfg.train_split} list is empty")
+        train_description = f"SBD {cfg.train_split} ({len(train_set)} images)"
         cfg = replace(cfg, out=cfg.out or str(evaluation_folder("voc12-seg", run_name, info["sha256"])))
         out = train(cfg, model, info, train_set, deviations, device, progress, stop_after)
         if out is None:
@@ -335,7 +354,7 @@ def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int |
     records = [make_record("voc12_seg", "mIoU", scores["mIoU"], **common,
                            extra={"iou": {c: (None if math.isnan(v) else v) for c, v in iou.items()},
                                   "bn_mode": cfg.bn_mode, "arch": info["arch"], "run_folder": str(out),
-                                  "train": f"SBD {cfg.train_split} ({len(train_set)} images)"}),
+                                  "train": train_description}),
                make_record("voc12_seg", "pixel_accuracy", scores["pixel_accuracy"], **common)]
     records += [make_record("voc12_seg", f"IoU_{c}", v, **common) for c, v in iou.items() if not math.isnan(v)]
     store = Path(cfg.store) if cfg.store else default_store()

@@ -11,9 +11,8 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from cpfs_bench.baselines.random_init import write_random_checkpoint
 from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
-from cpfs_bench.evaluate.datasets import read_segmentation_mask, voc_segmentation_ids
+from cpfs_bench.evaluate.datasets import DatasetFormatError, read_segmentation_mask, voc_segmentation_ids
 from cpfs_bench.evaluate.fcn import FCN32s, bilinear_kernel, crop_offset, segmentation_loss
-from cpfs_bench.evaluate.datasets import DatasetFormatError
 from cpfs_bench.evaluate.voc12_seg import SegmentationImages, VOCSegConfig, run
 from cpfs_bench.pretrain.alexnet import build_trunk
 from cpfs_bench.results.store import read_records
@@ -55,7 +54,7 @@ def test_fc_layers_become_convolutions_with_the_same_weights():
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_loss_is_summed_over_labelled_pixels():
+def test_loss_is_summed_or_averaged_over_labelled_pixels():
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(1, 21, 5, 7))
     labels = rng.integers(0, 21, (1, 5, 7))
@@ -65,6 +64,22 @@ def test_loss_is_summed_over_labelled_pixels():
     keep = labels != 255
     expected = -sum(np.log(p[0, labels[0, y, x], y, x]) for y, x in zip(*np.nonzero(keep[0])))
     assert segmentation_loss(torch.tensor(scores), torch.tensor(labels)).item() == pytest.approx(expected, rel=1e-12)
+    per_pixel = segmentation_loss(torch.tensor(scores), torch.tensor(labels), "pixels").item()
+    assert per_pixel == pytest.approx(expected / keep.sum(), rel=1e-12)
+    assert keep.sum() == 5 * 7 - 3
+    unlabelled = torch.full((1, 5, 7), 255)
+    assert segmentation_loss(torch.tensor(scores), unlabelled, "pixels").item() == 0.0
+
+
+def test_default_loss_normalization_is_recorded_as_a_deviation_from_net_py():
+    from cpfs_bench.evaluate.voc12_seg import VOCSegConfig, resolve_config
+
+    cfg = VOCSegConfig(ckpt="x", sbd="s", voc="v")
+    _, deviations = resolve_config(cfg)
+    assert deviations == {"loss_normalization": "pixels"}
+    _, deviations = resolve_config(VOCSegConfig(ckpt="x", sbd="s", voc="v", loss_normalization="none"),
+                                   explicit={"loss_normalization"})
+    assert deviations == {}
 
 
 @pytest.mark.slow
@@ -106,7 +121,9 @@ def test_end_to_end_records_predictions_and_resume(tmp_path):
     assert records["pixel_accuracy"]["value"] == pytest.approx(100 * np.trace(hist) / hist.sum(), abs=1e-9)
     assert out["mIoU"] == pytest.approx(expected, abs=1e-9)
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
-    again = run(VOCSegConfig(model=out["model"], sbd=str(voc), voc=str(voc), out=str(tmp_path / "again"),
+    assert records["mIoU"]["deviations"]["loss_normalization"] == "pixels"
+    # re-scoring needs only the test set: no SBD folder here
+    again = run(VOCSegConfig(model=out["model"], sbd=str(tmp_path / "no-sbd"), voc=str(voc), out=str(tmp_path / "again"),
                              store=str(tmp_path / "again.jsonl"), workers=0), progress=False)
     assert again["mIoU"] == pytest.approx(expected, abs=1e-9)
 
