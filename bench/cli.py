@@ -443,7 +443,7 @@ def eval_voc07_svm(**kw):
               help="Test views per image, drawn by the training augmentation, scores summed."
                    + _preset_note(CLS_PRESETS, "test_crops"))
 @click.option("--preset", type=click.Choice(sorted(CLS_PRESETS)), default=None,
-              help="smoke: 300 iterations, 2 test crops (the embedded world's default; a pipeline check); "
+              help="smoke: 150 iterations, 2 test crops (the embedded world's default; a pipeline check); "
                    "options you type win; recorded as deviations.")
 @click.option("--seed", type=int, default=defaults_of(VOCClsConfig)["seed"], show_default=True)
 @click.option("--device", default=defaults_of(VOCClsConfig)["device"], show_default=True, help="auto, cpu or cuda[:N].")

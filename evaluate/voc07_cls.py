@@ -54,7 +54,7 @@ PROTOCOL = "krahenbuhl16-voc07-cls"
 PROTOCOL_ITERS = 80000
 TRAIN_FROM = ("conv1", "fc6", "fc8")
 # smoke: a pipeline check on the embedded world (about 5 minutes on 2 cores), not a measurement
-PRESETS = {"smoke": {"iters": 300, "test_crops": 2}}
+PRESETS = {"smoke": {"iters": 150, "test_crops": 2}}
 PROTOCOL_FIELDS = ("train_from", "iters", "batch_size", "lr", "bias_lr_mult", "momentum", "weight_decay", "lr_step",
                    "lr_gamma", "clip_grad_norm", "min_scale", "max_scale", "crop", "test_crops")
 RESUME_MUST_MATCH = ("voc", "train_from", "iters", "batch_size", "lr", "bias_lr_mult", "momentum", "weight_decay",

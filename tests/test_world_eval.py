@@ -135,7 +135,9 @@ def test_ladder_supervised_above_cpfs_above_random(ladder_checkpoints):
 @pytest.mark.ladder
 def test_ladder_voc07_cls_finetuning(ladder_checkpoints):
     """`bench eval voc07-cls` at its smoke preset on the embedded VOC world, from each trunk of the
-    ladder: fine-tuning from the supervised trunk beats fine-tuning from random init. MEASURED_CLS"""
+    ladder: fine-tuning from the supervised trunk beats fine-tuning from random init. Measured with the
+    ladder's seed-0 checkpoints (benchmarks/ladder.py): mAP (reference metric, 2 crops) supervised 25.0,
+    random 10.6; the SVMs on the same world give 28.2 / 14.8 at conv5."""
     from cpfs_bench.evaluate.voc07_cls import VOCClsConfig
     from cpfs_bench.evaluate.voc07_cls import run as voc07_cls
 
@@ -146,4 +148,6 @@ def test_ladder_voc07_cls_finetuning(ladder_checkpoints):
                         progress=False)
         mean_ap[name] = out["mAP"]["reference"]
     print(f"voc07-cls smoke mAP (reference metric): {mean_ap}")
-    assert mean_ap["supervised"] > mean_ap["random"] + CLS_MARGIN, mean_ap
+    # one seed each; the measured gap is 14 points
+    assert mean_ap["supervised"] > mean_ap["random"] + 5, mean_ap
+
