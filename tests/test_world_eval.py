@@ -137,8 +137,8 @@ def test_ladder_voc07_cls_finetuning(ladder_checkpoints):
     """`bench eval voc07-cls` at its smoke preset on the embedded VOC world, from each trunk of the
     ladder: fine-tuning from the supervised trunk beats fine-tuning from random init. Measured with the
     ladder's seed-0 checkpoints (benchmarks/ladder.py): mAP (reference metric, 2 crops) supervised 25.0,
-    random 10.6, CPFS-KTA 11.0 (level with random: 150 iterations re-learn the layers above conv2, where
-    KTA's features are weakest); the SVMs on the same world give 28.2 / 14.8 at conv5."""
+    random 10.6, CPFS-KTA 11.0 (level with random; untested guess: KTA's features are weakest above
+    conv2, the layers fine-tuning changes most); the SVMs on the same world give 28.2 / 14.8 at conv5."""
     from cpfs_bench.evaluate.voc07_cls import VOCClsConfig
     from cpfs_bench.evaluate.voc07_cls import run as voc07_cls
 
