@@ -12,9 +12,11 @@ solver.prototxt gives lr 1e-4 as the "lr for normalized softmax". Summed over a 
 pixels) at lr 1e-4 the first updates move the logits by thousands and training diverges (measured on
 the embedded world, see the README), so the default divides by the labelled pixels (normalize: true),
 which is what the lr was set for; `loss_normalization="none"` gives net.py's sum. Every run records
-this as a deviation from net.py. mIoU = mean over 21 classes of the confusion matrix accumulated over the whole test set
-(FCN's score.py), with per-class IoU and pixel accuracy. BatchNorm trunks run on their running
-statistics (eval mode; with one image per forward, batch statistics are per image), recorded.
+this as a deviation from net.py.
+
+mIoU = mean over 21 classes of the confusion matrix accumulated over the whole test set (FCN's
+score.py), with per-class IoU and pixel accuracy. BatchNorm trunks run on their running statistics (eval
+mode; with one image per forward, batch statistics are per image), recorded.
 """
 from __future__ import annotations
 
@@ -287,15 +289,15 @@ def train(cfg: VOCSegConfig, model: FCN32s, info: dict, train_set: SegmentationI
 
 
 
-def load_trained(path, device) -> tuple[FCN32s, dict]:
-    """A `final.pt` written by voc12-seg -> (FCN, info of the checkpoint it was trained from)."""
+def load_trained(path, device) -> tuple[FCN32s, dict, dict]:
+    """A `final.pt` written by voc12-seg -> (FCN, info of the checkpoint it was trained from, its run config)."""
     state = load_checkpoint(path)
     if state.get("loss") != "voc12-seg-fcn32s":
         raise CheckpointError(f"{path}: not a voc12-seg model (its loss is {state.get('loss')!r}); --model takes "
                               f"the final.pt of a `bench eval voc12-seg` run")
     model = FCN32s(build_trunk(state["arch"]))
     model.load_state_dict(state["head"])
-    return model.to(device), finetuned_source(state)
+    return model.to(device), finetuned_source(state), state.get("config") or {}
 
 
 def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int | None = None) -> dict:
@@ -310,7 +312,7 @@ def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int |
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     if cfg.model:  # --eval-only
-        model, info = load_trained(cfg.model, device)
+        model, info, trained = load_trained(cfg.model, device)
         ckpt = info["path"]
     else:
         trunk, info = load_trunk(cfg.ckpt, "cpu", frozen=False)
@@ -327,7 +329,6 @@ def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int |
         out = Path(cfg.out) if cfg.out else Path(cfg.model).parent
         out.mkdir(parents=True, exist_ok=True)
         model_path = Path(cfg.model)
-        trained = load_checkpoint(model_path).get("config", {})  # what it was trained on, for the record
         train_description = f"SBD {trained.get('train_split', '?')} in {trained.get('sbd', '?')}"
     else:
         train_set = SegmentationImages("sbd", cfg.sbd, cfg.train_split, info["mean"], info["std"])
