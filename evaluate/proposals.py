@@ -89,8 +89,8 @@ def read_proposals_mat(path) -> tuple[list[str] | None, list[np.ndarray]]:
     except Exception as e:
         raise ProposalFormatError(f"{path}: not a readable MATLAB .mat file ({e})") from e
     if "boxes" not in data:
-        raise ProposalFormatError(f"{path}: no 'boxes' variable (has {sorted(k for k in data if not k.startswith('__'))}); "
-                                  f"expected Fast R-CNN's proposal format")
+        names = sorted(k for k in data if not k.startswith("__"))
+        raise ProposalFormatError(f"{path}: no 'boxes' variable (has {names}); expected Fast R-CNN's proposal format")
     boxes = []
     for i, cell in enumerate(data["boxes"].ravel()):
         cell = np.asarray(cell)
@@ -186,7 +186,8 @@ def compute_proposals(voc, year: str, split: str, image_ids=None, mode: str = "f
 
     atomic_write_json(folder / "proposals.json", {
         "voc": str(Path(voc).resolve()), "year": year, "split": split, "images": len(ids), "mode": mode,
-        "opencv": cv2.__version__, "workers": worker_count(workers, len(todo)), "computed_images": sum(len(j["paths"]) for j in todo),
+        "opencv": cv2.__version__, "workers": worker_count(workers, len(todo)),
+        "computed_images": sum(len(j["paths"]) for j in todo),
         "seconds": seconds, "boxes_per_image": float(np.mean([len(b) for b in boxes])) if boxes else 0.0})
     for k, _ in chunks:
         (folder / f"chunk-{k:05d}.npz").unlink()
