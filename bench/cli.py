@@ -532,6 +532,32 @@ def eval_voc12_seg(config_file, eval_only, **kw):
     click.echo(f"model: {s['model']}" + (f"; predictions: {s['predictions']}" if s["predictions"] else ""))
 
 
+@main.command("proposals", short_help="Selective-search proposals (Fast R-CNN's .mat format).")
+@click.option("--voc", type=click.Path(file_okay=False), default=None,
+              help="VOCdevkit (or its parent). Default: the embedded world.")
+@click.option("--year", default="2007", show_default=True)
+@click.option("--split", "splits", callback=comma_list(), default="trainval,test", show_default=True,
+              help="Comma-separated ImageSets/Main lists.")
+@click.option("--mode", type=click.Choice(["fast", "quality"]), default="fast", show_default=True,
+              help="Selective-search strategy (Fast R-CNN used fast).")
+@click.option("--workers", type=NON_NEGATIVE, default=None, help="Processes [every core].")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Also copy voc_<year>_<split>.mat here [only the cache, $CPFS_BENCH_HOME/proposals].")
+@fails_cleanly
+def proposals_cmd(voc, year, splits, mode, workers, out):
+    """Selective-search object proposals (OpenCV contrib) for VOC splits, one voc_<year>_<split>.mat
+    each in Fast R-CNN's public format (1 x N cells of 1-based (y1, x1, y2, x2) boxes, and the image ids),
+    so Fast R-CNN's published files can stand in for them. Parallel, resumable, cached per image set."""
+    from cpfs_bench.evaluate.proposals import ProposalsConfig, run
+
+    for split, s in run(ProposalsConfig(voc=voc, year=year, splits=tuple(splits), mode=mode, workers=workers,
+                                        out=out)).items():
+        timing = (f", {s['seconds'] * s['workers'] / s['computed_images']:.2f} s per image per process"
+                  if s.get("computed_images") else " (cached)")
+        click.echo(f"{split}: {s.get('images', '?')} images, {s.get('boxes_per_image', 0):.0f} boxes per image"
+                   f"{timing} -> {s['path']}")
+
+
 @main.command("results", short_help="Tables of the records beside the paper's.")
 @click.option("--store", type=click.Path(dir_okay=False), default=None,
               help="Records file (JSON lines) [$CPFS_BENCH_HOME/results/records.jsonl].")
