@@ -22,6 +22,8 @@ from cpfs_bench.evaluate.linear_probe import PRESETS as PROBE_PRESETS
 from cpfs_bench.evaluate.linear_probe import ProbeConfig
 from cpfs_bench.evaluate.voc07_cls import PRESETS as CLS_PRESETS
 from cpfs_bench.evaluate.voc07_cls import TRAIN_FROM, VOCClsConfig
+from cpfs_bench.evaluate.voc07_det import PRESETS as DET_PRESETS
+from cpfs_bench.evaluate.voc07_det import VOCDetConfig
 from cpfs_bench.evaluate.voc07_svm import SVMConfig
 from cpfs_bench.evaluate.voc12_seg import PRESETS as SEG_PRESETS
 from cpfs_bench.evaluate.voc12_seg import VOCSegConfig
@@ -530,6 +532,75 @@ def eval_voc12_seg(config_file, eval_only, **kw):
     click.echo(f"voc12-seg {s['method']} (run {s['run']}): records appended to {s['store']}"
                + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
     click.echo(f"model: {s['model']}" + (f"; predictions: {s['predictions']}" if s["predictions"] else ""))
+
+
+@eval_group.command("voc07-det", short_help="VOC07 detection, Fast R-CNN (Table 1 Detection).")
+@click.option("--ckpt", type=click.Path(exists=True, dir_okay=False), default=None,
+              help=CKPT_HELP + " Required unless --eval-only.")
+@click.option("--eval-only", is_flag=True, help="Only test: re-score the trained detector given by --model.")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --eval-only: a voc07-det run's final.pt.")
+@click.option("--voc", type=click.Path(file_okay=False), default=None,
+              help="VOCdevkit (or its parent) with VOC2007. Default: the embedded world (then --preset smoke).")
+@click.option("--proposals", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder with voc_2007_trainval.mat and voc_2007_test.mat in Fast R-CNN's format (e.g. its "
+                   "published selective-search files). Default: `bench proposals` (selective search, cached).")
+@click.option("--iters", type=POSITIVE, default=defaults_of(VOCDetConfig)["iters"], show_default=True,
+              help="Iterations of 2 images; the lr step scales with it." + _preset_note(DET_PRESETS, "iters"))
+@click.option("--lr", type=POSITIVE_FLOAT, default=defaults_of(VOCDetConfig)["lr"], show_default=True)
+@click.option("--lr-step", type=POSITIVE, default=defaults_of(VOCDetConfig)["lr_step"], show_default=True,
+              help="Iterations between lr /10 [scaled with --iters unless typed].")
+@click.option("--train-scales", callback=comma_list(int),
+              default=",".join(map(str, defaults_of(VOCDetConfig)["train_scales"])), show_default=True,
+              help="Shorter sides to train at, one drawn per image." + _preset_note(DET_PRESETS, "train_scales"))
+@click.option("--test-scale", type=POSITIVE, default=defaults_of(VOCDetConfig)["test_scale"], show_default=True,
+              help="Shorter side at test." + _preset_note(DET_PRESETS, "test_scale"))
+@click.option("--train-from", type=click.Choice(["conv1", "conv2"]), default=defaults_of(VOCDetConfig)["train_from"],
+              show_default=True, help="conv2: conv1 fixed, as Fast R-CNN fine-tunes CaffeNet; conv1: every layer.")
+@click.option("--roi-mapping", type=click.Choice(["centres", "fast-rcnn"]),
+              default=defaults_of(VOCDetConfig)["roi_mapping"], show_default=True,
+              help="Box to conv5 cells: centres = round((x - 17) / 16), the cells whose receptive fields are centred "
+                   "in the box; fast-rcnn = round(x / 16), the reference's (about one cell off). Recorded.")
+@click.option("--train-images", type=POSITIVE, default=None,
+              help="Only the first N trainval images [all]." + _preset_note(DET_PRESETS, "train_images"))
+@click.option("--test-images", type=POSITIVE, default=None,
+              help="Only the first N test images [all]." + _preset_note(DET_PRESETS, "test_images"))
+@click.option("--save-predictions", type=NON_NEGATIVE, default=0, show_default=True,
+              help="Draw the detections of this many test images (PNG).")
+@click.option("--preset", type=click.Choice(sorted(DET_PRESETS)), default=None,
+              help="smoke: a short run on part of the world at small scales (the embedded world's default; a "
+                   "pipeline check); options you type win; recorded as deviations.")
+@click.option("--seed", type=int, default=defaults_of(VOCDetConfig)["seed"], show_default=True)
+@click.option("--device", default=defaults_of(VOCDetConfig)["device"], show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--workers", type=NON_NEGATIVE, default=None,
+              help="Data-loading processes [0 on CPU, 8 on CUDA]; selective-search processes [every core].")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder [runs/voc07-det-<run>-<checkpoint sha>].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out.")
+@click.option("--store", type=click.Path(dir_okay=False), default=None, help="Results records file.")
+@click.option("--method", default=None, help="Method name in the tables [from the checkpoint].")
+@click.option("--name", default=None, help="Run name, a table row of its own [the checkpoint's run folder].")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A voc07-det run's config.json: rerun with its settings (options typed here win).")
+@fails_cleanly
+def eval_voc07_det(config_file, eval_only, **kw):
+    """VOC2007 detection with Fast R-CNN on the trunk (rbgirshick/fast-rcnn; paper Table 1 "Detection"):
+    RoI max pooling 6x6 on conv5, the trunk's fc6/fc7, new 21-way classifier and box regressor; selective-search
+    proposals; trainval + mirrors, 2 images x 64 RoIs (25% foreground), shorter side from {480, ..., 1200};
+    SGD lr 0.001, /10 every 50k, 150k iterations; test at 600, NMS 0.3; VOC07 11-point AP from the devkit's
+    comp4 files written to the run folder."""
+    from cpfs_bench.evaluate.voc07_det import VOCDetConfig, run
+
+    _check_eval_only(kw, eval_only, "the checkpoint to train Fast R-CNN from")
+    cfg, explicit = config_from_cli(VOCDetConfig, "eval voc07-det", kw, config_file)
+    s = run(cfg, explicit=explicit)
+    timing = f", {s['seconds_per_iter']:.2f} s per iteration" if s["seconds_per_iter"] else ""
+    click.echo(f"VOC07 detection mAP {s['mAP']:.1f}% (11-point, {s['iters']} iterations{timing})")
+    click.echo(f"voc07-det {s['method']} (run {s['run']}): records appended to {s['store']}"
+               + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
+    if s["counts"]:
+        click.echo("training images: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s["counts"].items()))
+    click.echo(f"model: {s['model']}; devkit result files: {s['comp4']}")
 
 
 @main.command("proposals", short_help="Selective-search proposals (Fast R-CNN's .mat format).")

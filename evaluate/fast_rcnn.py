@@ -32,7 +32,8 @@ class FastRCNN(nn.Module):
     def __init__(self, trunk: CaffeNet, classes: int = 21, roi_mapping: str = "centres"):
         super().__init__()
         if not isinstance(trunk, CaffeNet):
-            raise ValueError(f"Fast R-CNN is defined here on CaffeNet trunks; got {getattr(trunk, 'arch', type(trunk))}")
+            arch = getattr(trunk, "arch", type(trunk))
+            raise ValueError(f"Fast R-CNN is defined here on CaffeNet trunks; got {arch}")
         if roi_mapping not in ROI_MAPPINGS:
             raise ValueError(f"unknown roi_mapping {roi_mapping!r}; choose from {ROI_MAPPINGS}")
         self.trunk, self.roi_mapping = trunk, roi_mapping
@@ -57,12 +58,19 @@ class FastRCNN(nn.Module):
             cells = torch.minimum(cells.clamp(min=0), limit)
         return torch.cat([rois[:, :1], cells], 1)
 
-    def forward(self, images: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        conv5 = self.trunk.activations(images, ("conv5",))["conv5"]
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> conv5 (B, 256, H', W'), computed once per image at test time."""
+        return self.trunk.activations(images, ("conv5",))["conv5"]
+
+    def head(self, conv5: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """conv5 of the batch and its rois (R, 5) in pixels -> (class scores, box deltas)."""
         cells = self.roi_cells(rois.to(conv5.dtype), conv5.shape[-2], conv5.shape[-1])
         pooled = roi_pool(conv5, cells, (POOLED, POOLED), 1.0)
         h = self.trunk.fc7(self.trunk.fc6(pooled.flatten(1)))
         return self.cls_score(h), self.bbox_pred(h)
+
+    def forward(self, images: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.features(images), rois)
 
 
 def sample_rois(max_overlaps: np.ndarray, rois_per_image: int, fg_fraction: float, fg_thresh: float,
