@@ -66,7 +66,8 @@ def test_roidb_skips_clips_and_drops_with_counts(world):
     }
     ids = read_id_list(voc_year_dir(world, "2007") / "ImageSets" / "Main" / "trainval.txt")[:2]
     annotations = dict(zip(ids, annotations.values()))
-    proposals = [np.array([[9., 9, 59, 79], [0, 0, 5000, 20], [30, 30, 20, 40], [100, 100, 150, 150]]), np.zeros((0, 4))]
+    proposals = [np.array([[9., 9, 59, 79], [0, 0, 5000, 20], [30, 30, 20, 40], [100, 100, 150, 150]]),
+                 np.zeros((0, 4))]
     entries, counts = roi_entries(world, ids, annotations, proposals, cfg)
     assert counts == {"images_without_objects": 1, "boxes_clipped": 1, "degenerate_dropped": 1,
                       "difficult_left_out": 2}
@@ -81,8 +82,8 @@ def test_roidb_skips_clips_and_drops_with_counts(world):
 
 def test_end_to_end_resume_comp4_and_rescoring(world, tmp_path):
     ckpt = write_random_checkpoint(tmp_path / "random.pt", seed=0)
-    cfg = VOCDetConfig(ckpt=str(ckpt), voc=str(world), iters=3, train_scales=(227,), test_scale=227, out=str(tmp_path / "run"),
-                       store=str(tmp_path / "records.jsonl"), ckpt_every=1, save_predictions=2, score_thresh=0.0)
+    cfg = VOCDetConfig(ckpt=str(ckpt), voc=str(world), iters=3, train_scales=(227,), test_scale=227,
+                       out=str(tmp_path / "run"), store=str(tmp_path / "records.jsonl"), ckpt_every=1, save_predictions=2, score_thresh=0.0)
     explicit = ("iters", "train_scales", "test_scale", "save_predictions", "score_thresh")
     assert run(cfg, progress=False, explicit=explicit, stop_after=1)["stopped_at"] == 1
     out = run(VOCDetConfig(**{**cfg.__dict__, "resume": True}), progress=False, explicit=explicit)
