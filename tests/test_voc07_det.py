@@ -83,7 +83,8 @@ def test_roidb_skips_clips_and_drops_with_counts(world):
 def test_end_to_end_resume_comp4_and_rescoring(world, tmp_path):
     ckpt = write_random_checkpoint(tmp_path / "random.pt", seed=0)
     cfg = VOCDetConfig(ckpt=str(ckpt), voc=str(world), iters=3, train_scales=(227,), test_scale=227,
-                       out=str(tmp_path / "run"), store=str(tmp_path / "records.jsonl"), ckpt_every=1, save_predictions=2, score_thresh=0.0)
+                       out=str(tmp_path / "run"), store=str(tmp_path / "records.jsonl"), ckpt_every=1,
+                       save_predictions=2, score_thresh=0.0)
     explicit = ("iters", "train_scales", "test_scale", "save_predictions", "score_thresh")
     assert run(cfg, progress=False, explicit=explicit, stop_after=1)["stopped_at"] == 1
     out = run(VOCDetConfig(**{**cfg.__dict__, "resume": True}), progress=False, explicit=explicit)
