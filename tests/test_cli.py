@@ -130,3 +130,26 @@ def test_baseline_random_command(tmp_path):
     assert ckpt["loss"] == "random" and ckpt["config"]["seed"] == 2
     r = bench("baseline", "supervised", "--epochs", "0")
     assert r.returncode == 2 and "Invalid value for '--epochs'" in r.stderr
+
+
+def test_proposals_and_voc07_det_commands(tmp_path):
+    r = bench("world", "voc", "--out", tmp_path / "voc", "--voc07-trainval", 3, "--voc07-test", 2,
+              "--voc12-trainval", 2)
+    assert r.returncode == 0, r.stderr
+    r = bench("proposals", "--voc", tmp_path / "voc", "--split", "trainval,test", "--out", tmp_path / "props",
+              home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    assert "trainval: 3 images" in r.stdout and "test: 2 images" in r.stdout
+    assert sorted(p.name for p in (tmp_path / "props").iterdir()) == ["voc_2007_test.mat", "voc_2007_trainval.mat"]
+    r = bench("eval", "voc07-det", "--voc", tmp_path / "voc")
+    assert r.returncode == 2 and "Missing option '--ckpt'" in r.stderr
+    ckpt = tmp_path / "random.pt"
+    assert bench("baseline", "random", "--out", ckpt).returncode == 0
+    r = bench("eval", "voc07-det", "--ckpt", ckpt, "--voc", tmp_path / "voc", "--proposals", tmp_path / "props",
+              "--iters", 1, "--train-scales", "227,250", "--test-scale", 227, "--out", tmp_path / "det",
+              "--store", tmp_path / "records.jsonl", home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    assert "VOC07 detection mAP" in r.stdout
+    record = json.loads((tmp_path / "records.jsonl").read_text().splitlines()[0])
+    assert record["task"] == "voc07_det" and record["deviations"]["train_scales"] == [227, 250]
+    assert len(list((tmp_path / "det" / "comp4").glob("comp4_det_test_*.txt"))) == 20
