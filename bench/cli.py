@@ -78,11 +78,12 @@ def config_from_cli(cls, command: str, kw: dict, config_file=None):
     return cls(**values), typed | set(from_file)
 
 
-def _check_eval_only(kw: dict, eval_only: bool, ckpt_role: str) -> None:
-    """--eval-only needs --model and nothing else needs it; without --eval-only, --ckpt is required."""
+def _check_eval_only(kw: dict, eval_only: bool, ckpt_role: str, config_file=None) -> None:
+    """--eval-only needs --model and nothing else needs it; without --eval-only, --ckpt is required
+    (or comes from the run's config.json given with --config)."""
     if eval_only != (kw["model"] is not None):
         raise click.UsageError("--eval-only and --model go together (re-scoring a model this command trained)")
-    if not eval_only and kw["ckpt"] is None:
+    if not eval_only and kw["ckpt"] is None and not config_file:
         raise click.UsageError(f"Missing option '--ckpt' ({ckpt_role})")
     kw["ckpt"] = kw["ckpt"] or ""
 
@@ -467,7 +468,7 @@ def eval_voc07_cls(config_file, eval_only, **kw):
     reference code computes it (and the devkit's 11-point)."""
     from cpfs_bench.evaluate.voc07_cls import VOCClsConfig, run
 
-    _check_eval_only(kw, eval_only, "the checkpoint to fine-tune")
+    _check_eval_only(kw, eval_only, "the checkpoint to fine-tune", config_file)
     cfg, explicit = config_from_cli(VOCClsConfig, "eval voc07-cls", kw, config_file)
     s = run(cfg, explicit=explicit)
     click.echo(f"VOC07 classification mAP {s['mAP']['reference']:.1f}% (reference AP, {s['test_crops']} crops); "
@@ -524,7 +525,7 @@ def eval_voc12_seg(config_file, eval_only, **kw):
     net.py sums it, its solver's lr is for the normalised one; recorded); mIoU on seg11valid."""
     from cpfs_bench.evaluate.voc12_seg import VOCSegConfig, run
 
-    _check_eval_only(kw, eval_only, "the checkpoint to train FCN-32s from")
+    _check_eval_only(kw, eval_only, "the checkpoint to train FCN-32s from", config_file)
     cfg, explicit = config_from_cli(VOCSegConfig, "eval voc12-seg", kw, config_file)
     s = run(cfg, explicit=explicit)
     click.echo(f"VOC12 segmentation mIoU {s['mIoU']:.1f}%, pixel accuracy {s['pixel_accuracy']:.1f}% "
@@ -591,7 +592,7 @@ def eval_voc07_det(config_file, eval_only, **kw):
     comp4 files written to the run folder."""
     from cpfs_bench.evaluate.voc07_det import VOCDetConfig, run
 
-    _check_eval_only(kw, eval_only, "the checkpoint to train Fast R-CNN from")
+    _check_eval_only(kw, eval_only, "the checkpoint to train Fast R-CNN from", config_file)
     cfg, explicit = config_from_cli(VOCDetConfig, "eval voc07-det", kw, config_file)
     s = run(cfg, explicit=explicit)
     timing = f", {s['seconds_per_iter']:.2f} s per iteration" if s["seconds_per_iter"] else ""

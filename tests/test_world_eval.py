@@ -136,19 +136,20 @@ def test_ladder_supervised_above_cpfs_above_random(ladder_checkpoints):
 @pytest.mark.slow
 @pytest.mark.ladder
 def test_ladder_voc07_cls_finetuning(ladder_checkpoints):
-    """`bench eval voc07-cls` at its smoke preset on the embedded VOC world, from each trunk of the
-    ladder: fine-tuning from the supervised trunk beats fine-tuning from random init. Measured with the
-    ladder's seed-0 checkpoints (benchmarks/ladder.py): mAP (reference metric, 2 crops) supervised 25.0,
-    random 10.6, CPFS-KTA 11.0 (level with random; untested guess: KTA's features are weakest above
-    conv2, the layers fine-tuning changes most); the SVMs on the same world give 28.2 / 14.8 at conv5."""
+    """`bench eval voc07-cls` at its smoke preset on the embedded VOC world, from the supervised and the
+    random trunk of the ladder: fine-tuning from the supervised trunk beats fine-tuning from random init.
+    Measured with the ladder's seed-0 checkpoints (benchmarks/ladder.py): mAP (reference metric, 2 crops)
+    supervised 25.0, random 10.6; the SVMs on the same world give 28.2 / 14.8 at conv5. CPFS-KTA scores
+    11.0, level with random, as it does for segmentation and detection (README, "The ladder"): an open
+    defect, so it is not fine-tuned here (it would add 2 minutes and assert nothing)."""
     from cpfs_bench.evaluate.voc07_cls import VOCClsConfig
     from cpfs_bench.evaluate.voc07_cls import run as voc07_cls
 
     checkpoints, _, tmp = ladder_checkpoints
     mean_ap = {}
-    for name, ckpt in checkpoints.items():
-        out = voc07_cls(VOCClsConfig(ckpt=str(ckpt), out=str(tmp / f"cls-{name}"), store=str(tmp / "records.jsonl")),
-                        progress=False)
+    for name in ("supervised", "random"):
+        out = voc07_cls(VOCClsConfig(ckpt=str(checkpoints[name]), out=str(tmp / f"cls-{name}"),
+                                     store=str(tmp / "records.jsonl")), progress=False)
         mean_ap[name] = out["mAP"]["reference"]
     print(f"voc07-cls smoke mAP (reference metric): {mean_ap}")
     # one seed each; the measured gap is 14 points
@@ -160,12 +161,13 @@ def test_ladder_voc07_cls_finetuning(ladder_checkpoints):
 @pytest.mark.ladder
 def test_ladder_voc12_seg_finetuning(ladder_checkpoints):
     """`bench eval voc12-seg` from the supervised and the random trunk of the ladder: the supervised one
-    segments better. The default world's SBD split (84 training images, a few objects per class) is too
-    small for any trunk to learn more than the background prior in the minutes a test can spend, so this
-    test writes a VOC world with 500 SBD training images and 140 seg11valid ones and runs 1,000 updates of
-    one image at lr 1e-3 (instead of 100k x 20 at 1e-4; all recorded as deviations). Measured with the
-    ladder's full seed-0 checkpoints: mIoU supervised 6.8, random 3.4 (the background prior); after 300
-    updates both were at the prior (3.7 / 3.4)."""
+    segments objects, the random one only background. The default world's SBD split (84 training
+    images, a few objects per class) is too small for any trunk to learn more than the background prior
+    in the minutes a test can spend, so this test writes a VOC world with 500 SBD training images and 140
+    seg11valid ones and runs 1,000 updates of one image at lr 1e-3 (instead of 100k x 20 at 1e-4; all
+    recorded as deviations). Measured: with this fixture's supervised trunk (6 epochs) mIoU 4.36, IoU
+    above 1% on cat 7.3, sofa 6.2, train 1.7, horse 1.2; random 3.46, background only. With the ladder's full seed-0
+    trunks: supervised 6.8, random 3.4 (the background prior); after 300 updates both were at the prior."""
     from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
     from cpfs_bench.evaluate.voc12_seg import VOCSegConfig
     from cpfs_bench.evaluate.voc12_seg import run as voc12_seg
@@ -174,15 +176,17 @@ def test_ladder_voc12_seg_finetuning(ladder_checkpoints):
     world = tmp / "voc-seg-world"
     write_voc_world(VOCWorldConfig(out=str(world), voc07_trainval=2, voc07_test=2, voc12_trainval=1500, workers=2),
                     progress=False)
-    miou = {}
+    miou, objects = {}, {}
     for name in ("supervised", "random"):
         cfg = VOCSegConfig(ckpt=str(checkpoints[name]), sbd=str(world), voc=str(world), iters=1000, iter_size=1,
                            lr=1e-3, out=str(tmp / f"seg-{name}"), store=str(tmp / "records.jsonl"))
         out = voc12_seg(cfg, progress=False, explicit=("iters", "iter_size", "lr"))
         miou[name] = out["mIoU"]
+        objects[name] = sorted(c for c, v in out["iou"].items() if c != "background" and v > 1)
         print(f"voc12-seg {name}: mIoU {out['mIoU']:.2f}, per class {out['iou']}, {out['seconds']:.0f} s")
-    # one seed each; the measured gap is 3.4 points, the random trunk sits at the background prior
-    assert miou["supervised"] > miou["random"] + 1.5, miou
+    # one seed each: the random trunk stays at the background prior, the supervised one finds objects
+    assert miou["supervised"] > miou["random"] + 0.5, miou
+    assert len(objects["supervised"]) >= len(objects["random"]) + 2, objects
 
 
 @pytest.mark.slow
