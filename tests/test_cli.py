@@ -116,7 +116,7 @@ def test_version_and_help_summaries_whole():
     r = bench("--help")
     assert r.returncode == 0
     commands = r.stdout.split("Commands:")[1].strip().splitlines()
-    assert [c.split()[0] for c in commands] == ["baseline", "eval", "flow", "pretrain", "results", "world"]
+    assert [c.split()[0] for c in commands] == ["baseline", "eval", "flow", "pretrain", "proposals", "results", "world"]
     assert not any(line.rstrip().endswith("...") for line in commands)
     r = bench("eval", "linear-probe", "--help")
     assert "[default: 28; x>=1]" in " ".join(r.stdout.split()) or "default: 28" in r.stdout
