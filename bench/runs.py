@@ -69,6 +69,11 @@ def scheduled_lr(schedule: str, base_lr: float, t: float, total: float, mileston
     raise ValueError(f"unknown schedule {schedule!r}; choose from {SCHEDULES}")
 
 
+def caffe_step_lr(base_lr: float, gamma: float, stepsize: int, it: int) -> float:
+    """Caffe's "step" policy at iteration it: base_lr * gamma^floor(it / stepsize)."""
+    return base_lr * gamma ** (it // stepsize)
+
+
 def progress_bar(iterable=None, **kw) -> tqdm:
     """tqdm with the project's settings (off when `disable`)."""
     kw.setdefault("dynamic_ncols", True)

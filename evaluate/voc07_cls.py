@@ -35,7 +35,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from cpfs_bench.bench.config import protocol_values, resolve
-from cpfs_bench.bench.runs import JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device
+from cpfs_bench.bench.runs import (
+    JsonlLog,
+    RunFolder,
+    StopRequests,
+    caffe_step_lr,
+    loader_workers,
+    progress_bar,
+    resolve_device,
+)
 from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.bench.voc_format import VOC_CLASSES
 from cpfs_bench.evaluate.backbone import (
@@ -112,7 +120,7 @@ def resolve_config(cfg: VOCClsConfig, explicit=()) -> tuple[VOCClsConfig, dict]:
 
 def step_lr(cfg: VOCClsConfig, it: int) -> float:
     """Caffe's "step" policy: lr * gamma^floor(it / lr_step)."""
-    return cfg.lr * cfg.lr_gamma ** (it // cfg.lr_step)
+    return caffe_step_lr(cfg.lr, cfg.lr_gamma, cfg.lr_step, it)
 
 
 class ScaleCropMirror:

@@ -36,7 +36,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from cpfs_bench.bench.config import protocol_values, resolve
-from cpfs_bench.bench.runs import JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device
+from cpfs_bench.bench.runs import (
+    JsonlLog,
+    RunFolder,
+    StopRequests,
+    caffe_step_lr,
+    loader_workers,
+    progress_bar,
+    resolve_device,
+)
 from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.bench.voc_format import VOC_CLASSES
 from cpfs_bench.evaluate.backbone import (
@@ -307,11 +315,6 @@ def parameter_groups(model: FastRCNN, cfg: VOCDetConfig) -> list[dict]:
             {"params": [p for n, p in params if n.endswith("bias")], "lr_mult": cfg.bias_lr_mult, "weight_decay": 0.0}]
 
 
-def step_lr(cfg: VOCDetConfig, it: int) -> float:
-    """Caffe's "step" policy: lr * gamma^floor(it / lr_step)."""
-    return cfg.lr * cfg.lr_gamma ** (it // cfg.lr_step)
-
-
 def train(cfg: VOCDetConfig, model: FastRCNN, info: dict, data: DetectionMinibatches, counts: dict, device,
           progress: bool, stop_after: int | None = None) -> Path | None:
     """The training loop in cfg.out (resumable); the run folder, or None when stopped early."""
@@ -353,7 +356,7 @@ def train(cfg: VOCDetConfig, model: FastRCNN, info: dict, data: DetectionMinibat
         with StopRequests(folder, cfg.save_minutes) as stop:
             if it != stop_after:
                 for images, rois, labels, targets in loader:
-                    lr = step_lr(cfg, it)
+                    lr = caffe_step_lr(cfg.lr, cfg.lr_gamma, cfg.lr_step, it)
                     for g in optimizer.param_groups:
                         g["lr"] = lr * g["lr_mult"]
                     with amp:
