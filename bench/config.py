@@ -43,6 +43,16 @@ def resolve(cfg, presets: Mapping[str, Mapping[str, Any]] | None, explicit, prot
     return cfg, deviations
 
 
+def scale_lr_step(cfg, deviations: dict, explicit, protocol_iters: int):
+    """One --iters scales the whole schedule: unless typed, cfg.lr_step becomes the protocol's step scaled
+    by iters / protocol_iters (at least 1), recorded in `deviations`. Returns the config."""
+    if "lr_step" in set(explicit) or cfg.iters == protocol_iters:
+        return cfg
+    cfg = replace(cfg, lr_step=max(1, round(cfg.lr_step * cfg.iters / protocol_iters)))
+    deviations["lr_step"] = cfg.lr_step
+    return cfg
+
+
 def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 

@@ -110,6 +110,14 @@ def freeze(trunk: torch.nn.Module, device="cpu") -> torch.nn.Module:
     return trunk
 
 
+def batchnorm_on_running_statistics(model: torch.nn.Module) -> None:
+    """Put every BatchNorm layer of a model in training in eval mode: it normalises with its running
+    statistics and leaves them unchanged (fine-tuning with one or two images per batch)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def trunk_fingerprint(trunk: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A copy of every parameter and buffer (BN running statistics included)."""
     return {k: v.detach().clone() for k, v in trunk.state_dict().items()}

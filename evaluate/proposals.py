@@ -170,11 +170,12 @@ def compute_proposals(voc, year: str, split: str, image_ids=None, mode: str = "f
     todo = [{"paths": p, "mode": mode, "out": str(folder / f"chunk-{k:05d}.npz")} for k, p in chunks
             if not (folder / f"chunk-{k:05d}.npz").exists()]
     folder.mkdir(parents=True, exist_ok=True)
+    processes = worker_count(workers, len(todo))
     start = time.perf_counter()
     bar = progress_bar(total=len(paths), initial=len(paths) - sum(len(j["paths"]) for j in todo),
                        desc=f"selective search {split}", unit="image", disable=not progress)
     with bar:
-        for n in parallel_map(_chunk_worker, todo, worker_count(workers, len(todo)), ordered=False):
+        for n in parallel_map(_chunk_worker, todo, processes, ordered=False):
             bar.update(n)
     seconds = time.perf_counter() - start
     boxes = []
@@ -186,7 +187,7 @@ def compute_proposals(voc, year: str, split: str, image_ids=None, mode: str = "f
 
     atomic_write_json(folder / "proposals.json", {
         "voc": str(Path(voc).resolve()), "year": year, "split": split, "images": len(ids), "mode": mode,
-        "opencv": cv2.__version__, "workers": worker_count(workers, len(todo)),
+        "opencv": cv2.__version__, "workers": processes,
         "computed_images": sum(len(j["paths"]) for j in todo),
         "seconds": seconds, "boxes_per_image": float(np.mean([len(b) for b in boxes])) if boxes else 0.0})
     for k, _ in chunks:

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
-from cpfs_bench.bench.config import protocol_values, resolve
+from cpfs_bench.bench.config import protocol_values, resolve, scale_lr_step
 from cpfs_bench.bench.runs import (
     JsonlLog,
     RunFolder,
@@ -112,10 +112,7 @@ def resolve_config(cfg: VOCClsConfig, explicit=()) -> tuple[VOCClsConfig, dict]:
     if not 0 < cfg.min_scale <= cfg.max_scale:
         raise ValueError(f"need 0 < min_scale <= max_scale, got {cfg.min_scale} and {cfg.max_scale}")
     cfg, deviations = resolve(cfg, PRESETS, explicit, protocol_values(VOCClsConfig, PROTOCOL_FIELDS))
-    if "lr_step" not in set(explicit) and cfg.iters != PROTOCOL_ITERS:  # one --iters scales the whole schedule
-        cfg = replace(cfg, lr_step=max(1, round(cfg.lr_step * cfg.iters / PROTOCOL_ITERS)))
-        deviations["lr_step"] = cfg.lr_step
-    return cfg, deviations
+    return scale_lr_step(cfg, deviations, explicit, PROTOCOL_ITERS), deviations
 
 
 def step_lr(cfg: VOCClsConfig, it: int) -> float:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 
 from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
-from cpfs_bench.bench.config import protocol_values, resolve
+from cpfs_bench.bench.config import protocol_values, resolve, scale_lr_step
 from cpfs_bench.bench.runs import (
     JsonlLog,
     RunFolder,
@@ -48,6 +48,7 @@ from cpfs_bench.bench.runs import (
 from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.bench.voc_format import VOC_CLASSES
 from cpfs_bench.evaluate.backbone import (
+    batchnorm_on_running_statistics,
     default_method_name,
     default_run_name,
     evaluation_folder,
@@ -152,10 +153,7 @@ def resolve_config(cfg: VOCDetConfig, explicit=()) -> tuple[VOCDetConfig, dict]:
     cfg = replace(cfg, train_scales=tuple(int(s) for s in cfg.train_scales))
     protocol = {**protocol_values(VOCDetConfig, PROTOCOL_FIELDS), "roi_mapping": PROTOCOL_ROI_MAPPING}
     cfg, deviations = resolve(cfg, PRESETS, explicit, protocol)
-    if "lr_step" not in set(explicit) and cfg.iters != PROTOCOL_ITERS:  # one --iters scales the whole schedule
-        cfg = replace(cfg, lr_step=max(1, round(cfg.lr_step * cfg.iters / PROTOCOL_ITERS)))
-        deviations["lr_step"] = cfg.lr_step
-    return cfg, deviations
+    return scale_lr_step(cfg, deviations, explicit, PROTOCOL_ITERS), deviations
 
 
 def image_scale(height: int, width: int, target: int, max_size: int) -> float:
@@ -190,7 +188,6 @@ class RoIEntry:
     max_overlaps: np.ndarray  # (K,) IoU with the best ground-truth box
     labels: np.ndarray  # (K,) that box's class 1..20, 0 where no overlap
     targets: np.ndarray  # (K, 4) raw regression targets, 0 where max_overlaps < bbox_thresh
-    counts: dict = field(default_factory=dict)
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -215,14 +212,12 @@ def roi_entries(voc, ids, annotations, proposals, cfg: VOCDetConfig) -> tuple[li
             continue
         all_boxes = np.concatenate([gt, props])
         clipped = clip_boxes(all_boxes, height, width)
-        counts["boxes_clipped"] += int((clipped != all_boxes).any(1).sum())
         ok = valid_boxes(clipped)
-        counts["degenerate_dropped"] += int((~ok).sum())
-        ok[:len(gt)] = True  # a ground-truth box is kept (clipped) whatever its size
-        gt_ok = valid_boxes(clipped[:len(gt)])
-        if not gt_ok.all():
+        if not ok[:len(gt)].all():
             raise ValueError(f"{voc_year_dir(voc, '2007') / 'Annotations' / f'{image_id}.xml'}: object boxes "
-                             f"{boxes[keep][~gt_ok].tolist()} lie outside the {width}x{height} image")
+                             f"{boxes[keep][~ok[:len(gt)]].tolist()} lie outside the {width}x{height} image")
+        counts["boxes_clipped"] += int((clipped != all_boxes).any(1).sum())
+        counts["degenerate_dropped"] += int((~ok).sum())
         for flipped in (False, True) if cfg.flip else (False,):
             b = flip_boxes(clipped[ok], width) if flipped else clipped[ok]
             g = b[:len(gt)]
@@ -298,9 +293,7 @@ def set_modes(model: FastRCNN, cfg: VOCDetConfig) -> None:
     (eval mode, no gradients) when training from conv2."""
     model.train()
     if cfg.bn_mode == "eval":
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
+        batchnorm_on_running_statistics(model)
     if cfg.train_from == "conv2":
         model.trunk.conv1.eval()
 
@@ -349,7 +342,7 @@ def train(cfg: VOCDetConfig, model: FastRCNN, info: dict, data: DetectionMinibat
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     log = JsonlLog(folder.log_path, resume_at=it if cfg.resume else None, key="iter")
     if not cfg.resume:
-        log.write({"iter": 0, **{k: v for k, v in counts.items()}, "training_images": len(data)})
+        log.write({"iter": 0, **counts, "training_images": len(data)})
     set_modes(model, cfg)
     bar = progress_bar(total=cfg.iters, initial=it, desc="voc07-det Fast R-CNN", unit="it", disable=not progress)
     try:
@@ -394,8 +387,11 @@ def train(cfg: VOCDetConfig, model: FastRCNN, info: dict, data: DetectionMinibat
 def detect(model: FastRCNN, path, proposals: np.ndarray, cfg: VOCDetConfig, mean, std, means, stds, device,
            chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """One test image: (class probabilities (K, 21), regressed boxes (K, 84) clipped, 0-based) for its K
-    proposals (test.py im_detect, with its duplicate-RoI shortcut)."""
+    proposals, once clipped to the image and rid of degenerate boxes (test.py im_detect, with its
+    duplicate-RoI shortcut)."""
     height, width = image_size(Path(path))
+    proposals = clip_boxes(proposals, height, width)
+    proposals = proposals[valid_boxes(proposals)]
     scale = image_scale(height, width, cfg.test_scale, cfg.test_max_size)
     image = load_image(path, scale, mean, std)[None].to(device)
     rois = proposals * scale
@@ -566,9 +562,6 @@ def run(cfg: VOCDetConfig, progress: bool = True, explicit=(), stop_after: int |
     for n, (image_id, props) in enumerate(progress_bar(list(zip(test_ids, test_proposals)), desc="voc07-det test",
                                                        unit="image", disable=not progress)):
         path = voc_image_path(cfg.voc, "2007", image_id)
-        height, width = image_size(path)
-        props = clip_boxes(props, height, width)
-        props = props[valid_boxes(props)]
         scores, boxes = detect(model, path, props, cfg, info["mean"], info["std"], means, stds, device)
         detections.append(image_detections(scores, boxes, cfg))
         if n < cfg.save_predictions:

@@ -36,6 +36,7 @@ from cpfs_bench.bench.runs import JsonlLog, RunFolder, StopRequests, loader_work
 from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette
 from cpfs_bench.evaluate.backbone import (
+    batchnorm_on_running_statistics,
     default_method_name,
     default_run_name,
     evaluation_folder,
@@ -173,9 +174,7 @@ def set_modes(model: FCN32s, bn_mode: str) -> None:
     """Train mode (dropout on); BatchNorm layers on running statistics when bn_mode is "eval"."""
     model.train()
     if bn_mode == "eval":
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
+        batchnorm_on_running_statistics(model)
 
 
 def parameter_groups(model: FCN32s, cfg: VOCSegConfig) -> list[dict]:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cpfs_bench.baselines.random_init import write_random_checkpoint
+from cpfs_bench.bench.voc_format import VOC_CLASSES
 from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
 from cpfs_bench.evaluate.boxes import devkit_to_pixels
 from cpfs_bench.evaluate.datasets import read_id_list, voc_detection_annotations, voc_year_dir
@@ -101,12 +102,11 @@ def test_end_to_end_resume_comp4_and_rescoring(world, tmp_path):
     annotations = voc_detection_annotations(world, "2007", "test")
     records = {r["metric"]: r for r in read_records(tmp_path / "records.jsonl")}
     aps = []
-    for k, name in enumerate(record_classes := [m[3:] for m in records if m.startswith("AP_")]):
+    record_classes = [m[3:] for m in records if m.startswith("AP_")]
+    for name in record_classes:
         rows = [line.split() for line in (tmp_path / "run" / "comp4" / f"comp4_det_test_{name}.txt").read_text()
                 .splitlines()]
         dets = [(r[0], float(r[1]), [float(v) for v in r[2:]]) for r in rows]
-        from cpfs_bench.bench.voc_format import VOC_CLASSES
-
         c = VOC_CLASSES.index(name)
         truth = {i: (bx[lab == c], dif[lab == c]) for i, (bx, lab, dif) in annotations.items()}
         aps.append(100 * detection_ap(dets, truth))
