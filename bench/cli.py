@@ -88,6 +88,13 @@ def _check_eval_only(kw: dict, eval_only: bool, ckpt_role: str, config_file=None
     kw["ckpt"] = kw["ckpt"] or ""
 
 
+def folder_or_rpn(ctx, param, value):
+    """A click callback for voc07-det --proposals: "rpn", or an existing folder."""
+    if value is None or value == "rpn":
+        return value
+    return click.Path(exists=True, file_okay=False).convert(value, param, ctx)
+
+
 def comma_list(kind=str):
     """A click callback: "a,b,c" -> tuple, each item converted by `kind`; a bad item is a usage error."""
 
@@ -543,9 +550,10 @@ def eval_voc12_seg(config_file, eval_only, **kw):
               help="With --eval-only: a voc07-det run's final.pt.")
 @click.option("--voc", type=click.Path(file_okay=False), default=None,
               help="VOCdevkit (or its parent) with VOC2007. Default: the embedded world (then --preset smoke).")
-@click.option("--proposals", type=click.Path(exists=True, file_okay=False), default=None,
+@click.option("--proposals", callback=folder_or_rpn, default=None,
               help="Folder with voc_2007_trainval.mat and voc_2007_test.mat in Fast R-CNN's format (e.g. its "
-                   "published selective-search files). Default: `bench proposals` (selective search, cached).")
+                   "published selective-search files), or `rpn`: Faster R-CNN, a region proposal network trained "
+                   "with the detector (a recorded deviation). Default: `bench proposals` (selective search, cached).")
 @click.option("--iters", type=POSITIVE, default=defaults_of(VOCDetConfig)["iters"], show_default=True,
               help="Iterations of 2 images; the lr step scales with it." + _preset_note(DET_PRESETS, "iters"))
 @click.option("--lr", type=POSITIVE_FLOAT, default=defaults_of(VOCDetConfig)["lr"], show_default=True)

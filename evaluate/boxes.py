@@ -8,6 +8,8 @@ Three conventions meet in VOC07 detection:
   RoIPool expects (it rounds both ends and counts end - start + 1 cells).
 - proposal .mat: 1-based (y1, x1, y2, x2), the layout of Fast R-CNN's published selective-search
   files (pascal_voc.py reads them as boxes[:, (1, 0, 3, 2)] - 1).
+- corners: torchvision's continuous (x1, y1, x2, y2) with x2, y2 exclusive = pixels + (0, 0, 1, 1),
+  what its RegionProposalNetwork matches, encodes and clips in (evaluate/faster_rcnn.py).
 
 Everything below works in "pixels" unless its name says otherwise. IoU counts pixels (+1 on each side,
 Fast R-CNN's bbox_overlaps); the regression parametrisation does not (roidb.py / test.py use
@@ -16,6 +18,7 @@ x2 - x1 + eps for widths), and neither is changed here.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 EPS = 1e-14  # Fast R-CNN's cfg.EPS in widths and heights of the regression parametrisation
 
@@ -38,6 +41,20 @@ def mat_to_pixels(boxes) -> np.ndarray:
 def pixels_to_mat(boxes) -> np.ndarray:
     """(K, 4) 0-based (x1, y1, x2, y2) -> float64 proposal .mat rows (1-based y1, x1, y2, x2)."""
     return np.asarray(boxes, np.float64).reshape(-1, 4)[:, (1, 0, 3, 2)] + 1
+
+
+def pixels_to_corners(boxes):
+    """(K, 4) 0-based inclusive pixels -> torchvision corners (x2, y2 exclusive); a tensor stays a tensor."""
+    if isinstance(boxes, torch.Tensor):
+        return boxes + boxes.new_tensor([0, 0, 1, 1])
+    return np.asarray(boxes, np.float64).reshape(-1, 4) + [0, 0, 1, 1]
+
+
+def corners_to_pixels(boxes):
+    """(K, 4) torchvision corners -> 0-based inclusive pixels; a tensor stays a tensor."""
+    if isinstance(boxes, torch.Tensor):
+        return boxes - boxes.new_tensor([0, 0, 1, 1])
+    return np.asarray(boxes, np.float64).reshape(-1, 4) - [0, 0, 1, 1]
 
 
 def box_iou(a, b) -> np.ndarray:

@@ -20,7 +20,13 @@ Train on VOC2007 trainval and its mirror images, test on VOC2007 test:
   official devkit scores the same thing.
 BatchNorm trunks run on their running statistics (2 images of different sizes per batch). The RoI to
 conv5 mapping accounts for the receptive-field offset (evaluate/fast_rcnn.py); recorded, as every
-difference from the protocol."""
+difference from the protocol.
+
+`--proposals rpn` (a deviation, for users without proposals): Faster R-CNN, a region proposal network
+trained with the detector (evaluate/faster_rcnn.py). Each training step samples the detector's RoIs from
+the RPN's current proposals plus the ground truth (py-faster-rcnn's proposal_target_layer) with the same
+Fast R-CNN settings, its box targets normalised by py-faster-rcnn end2end's fixed statistics (means 0,
+stds 0.1, 0.1, 0.2, 0.2); at test the detector scores the RPN's 300 best proposals."""
 from __future__ import annotations
 
 import math
@@ -67,6 +73,7 @@ from cpfs_bench.evaluate.boxes import (
 )
 from cpfs_bench.evaluate.datasets import read_id_list, voc_detection_annotations, voc_image_path, voc_year_dir
 from cpfs_bench.evaluate.fast_rcnn import ROI_MAPPINGS, FastRCNN, fast_rcnn_loss, nms, sample_rois
+from cpfs_bench.evaluate.faster_rcnn import BBOX_MEANS, BBOX_STDS, FasterRCNN
 from cpfs_bench.evaluate.metrics import detection_ap
 from cpfs_bench.evaluate.proposals import compute_proposals, load_proposals, proposals_name
 from cpfs_bench.pretrain.alexnet import build_trunk
@@ -87,6 +94,8 @@ PROTOCOL_FIELDS = ("iters", "lr", "lr_step", "lr_gamma", "momentum", "weight_dec
                    "test_images", "roi_mapping", "proposal_mode")
 PROTOCOL_ROI_MAPPING = "fast-rcnn"  # the reference's; the default differs on purpose (evaluate/fast_rcnn.py)
 RESUME_MUST_MATCH = ("voc", "proposals", *PROTOCOL_FIELDS, "seed", "trunk_sha256")
+RPN = "rpn"  # --proposals rpn
+RPN_DEVIATION = "rpn: Faster R-CNN, region proposal network trained jointly (evaluate/faster_rcnn.py)"
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,8 @@ class VOCDetConfig:
     ckpt: str = ""
     model: str | None = None  # --eval-only: a voc07-det final.pt to re-score (no training)
     voc: str | None = None  # VOCdevkit (or its parent) with VOC2007; None = the embedded world + preset smoke
-    proposals: str | None = None  # folder with voc_2007_{trainval,test}.mat; None = selective search, cached
+    proposals: str | None = None  # folder with voc_2007_{trainval,test}.mat; "rpn" = Faster R-CNN; None = selective
+    # search, cached
     proposal_mode: str = "fast"
     iters: int = PROTOCOL_ITERS
     lr: float = 0.001
@@ -153,6 +163,8 @@ def resolve_config(cfg: VOCDetConfig, explicit=()) -> tuple[VOCDetConfig, dict]:
     cfg = replace(cfg, train_scales=tuple(int(s) for s in cfg.train_scales))
     protocol = {**protocol_values(VOCDetConfig, PROTOCOL_FIELDS), "roi_mapping": PROTOCOL_ROI_MAPPING}
     cfg, deviations = resolve(cfg, PRESETS, explicit, protocol)
+    if cfg.proposals == RPN:
+        deviations["proposals"] = RPN_DEVIATION
     return scale_lr_step(cfg, deviations, explicit, PROTOCOL_ITERS), deviations
 
 
@@ -288,6 +300,55 @@ def collate_minibatch(items):
     return images, rois, torch.cat([it[2] for it in items]), torch.cat([it[3] for it in items])
 
 
+class DetectionImages(Dataset):
+    """Training images with their ground truth (entries from `roi_entries` without proposals), for Faster R-CNN,
+    whose RoIs are sampled in the training step from the RPN's proposals: item (i, seed) -> (image (3, H, W),
+    boxes (G, 4) at that scale, labels (G,) 1..20)."""
+
+    def __init__(self, entries: list[RoIEntry], cfg: VOCDetConfig, mean, std):
+        self.entries, self.cfg, self.mean, self.std = entries, cfg, mean, std
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, key):
+        i, seed = key
+        rng = np.random.default_rng(seed)
+        e, cfg = self.entries[i], self.cfg
+        target = cfg.train_scales[int(rng.integers(len(cfg.train_scales)))]
+        scale = image_scale(e.height, e.width, target, cfg.train_max_size)
+        image = load_image(e.path, scale, self.mean, self.std, e.flipped)
+        # the entries are built without proposals: every box is a ground-truth box
+        return image, torch.from_numpy(e.boxes * scale).float(), torch.from_numpy(e.labels.astype(np.int64))
+
+
+def collate_images(items):
+    """Images zero-padded at the bottom and right to one size; (images, their sizes before padding,
+    [boxes (G, 4)], [labels (G,)])."""
+    height = max(x.shape[1] for x, *_ in items)
+    width = max(x.shape[2] for x, *_ in items)
+    images = torch.stack([F.pad(x, (0, width - x.shape[2], 0, height - x.shape[1])) for x, *_ in items])
+    return images, [tuple(x.shape[1:]) for x, *_ in items], [it[1] for it in items], [it[2] for it in items]
+
+
+def proposal_minibatch(proposals: np.ndarray, gt: np.ndarray, gt_labels: np.ndarray, cfg: VOCDetConfig,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """py-faster-rcnn's proposal_target_layer for one image: the ground truth (G, 4) added to the RPN's proposals
+    (K, 4), both pixels at the training scale, then Fast R-CNN's RoI sampling and box targets normalised by
+    BBOX_MEANS / BBOX_STDS. Returns (rois (R, 4), labels (R,) int64, targets (R, 4))."""
+    boxes = np.concatenate([gt, proposals])
+    iou = box_iou(boxes, gt)
+    best, max_overlaps = iou.argmax(1), iou.max(1)
+    keep, n_fg = sample_rois(max_overlaps, cfg.rois_per_image, cfg.fg_fraction, cfg.fg_thresh, cfg.bg_thresh_hi,
+                             cfg.bg_thresh_lo, rng)
+    labels = gt_labels[best[keep]].astype(np.int64)
+    labels[n_fg:] = 0
+    targets = np.zeros((len(keep), 4))
+    fg = keep[:n_fg]
+    targets[:n_fg] = (regression_targets(boxes[fg], gt[best[fg]]) - BBOX_MEANS) / BBOX_STDS
+    return boxes[keep], labels, targets
+
+
 def set_modes(model: FastRCNN, cfg: VOCDetConfig) -> None:
     """Train mode (dropout on); BatchNorm on running statistics when bn_mode is "eval"; conv1 fixed
     (eval mode, no gradients) when training from conv2."""
@@ -308,7 +369,37 @@ def parameter_groups(model: FastRCNN, cfg: VOCDetConfig) -> list[dict]:
             {"params": [p for n, p in params if n.endswith("bias")], "lr_mult": cfg.bias_lr_mult, "weight_decay": 0.0}]
 
 
-def train(cfg: VOCDetConfig, model: FastRCNN, info: dict, data: DetectionMinibatches, counts: dict, device,
+def training_losses(model: FastRCNN, batch, cfg: VOCDetConfig, device, it: int) -> tuple[dict, torch.Tensor]:
+    """One minibatch's losses ({"loss_cls", "loss_bbox"}, with a FasterRCNN also the RPN's "loss_rpn_cls",
+    "loss_rpn_bbox"; all weighted 1 as in the reference prototxts) and the RoIs' labels (R,)."""
+    if not isinstance(model, FasterRCNN):
+        images, rois, labels, targets = batch
+        scores, deltas = model(images.to(device, non_blocking=True), rois.to(device))
+        loss_cls, loss_box = fast_rcnn_loss(scores.float(), deltas.float(), labels.to(device), targets.to(device))
+        return {"loss_cls": loss_cls, "loss_bbox": loss_box}, labels
+    images, sizes, gt_boxes, gt_labels = batch
+    images = images.to(device, non_blocking=True)
+    conv5 = model.features(images)
+    proposals, rpn_losses = model.propose(images, sizes, conv5, [g.to(device) for g in gt_boxes])
+    rng = np.random.default_rng([cfg.seed, it])  # the RoI draw of step `it`, the same after a resume
+    rois, labels, targets = [], [], []
+    for k, (props, gt, gl) in enumerate(zip(proposals, gt_boxes, gt_labels)):
+        r, lab, t = proposal_minibatch(props.float().cpu().double().numpy(), gt.double().numpy(), gl.numpy(), cfg,
+                                       rng)
+        rois.append(np.concatenate([np.full((len(r), 1), k), r], 1))
+        labels.append(lab)
+        targets.append(t)
+    rois = torch.from_numpy(np.concatenate(rois)).float().to(device)
+    labels = torch.from_numpy(np.concatenate(labels))
+    scores, deltas = model.head(conv5, rois)
+    loss_cls, loss_box = fast_rcnn_loss(scores.float(), deltas.float(), labels.to(device),
+                                        torch.from_numpy(np.concatenate(targets)).float().to(device))
+    return {"loss_cls": loss_cls, "loss_bbox": loss_box, "loss_rpn_cls": rpn_losses["loss_objectness"].float(),
+            "loss_rpn_bbox": rpn_losses["loss_rpn_box_reg"].float()}, labels
+
+
+def train(cfg: VOCDetConfig, model: FastRCNN, info: dict, data: DetectionMinibatches | DetectionImages, counts: dict,
+          means: np.ndarray, stds: np.ndarray, device,
           progress: bool, stop_after: int | None = None) -> Path | None:
     """The training loop in cfg.out (resumable); the run folder, or None when stopped early."""
     if cfg.train_from == "conv2":
@@ -325,13 +416,14 @@ def train(cfg: VOCDetConfig, model: FastRCNN, info: dict, data: DetectionMinibat
         set_rng_state(state["rng"])  # dropout draws from the global RNG
         it = state["step"]
     sampler = StepBatchSampler(len(data), cfg.images_per_batch, cfg.seed, it, cfg.iters)
-    loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate_minibatch,
+    loader = DataLoader(data, batch_sampler=sampler,
+                        collate_fn=collate_images if isinstance(model, FasterRCNN) else collate_minibatch,
                         num_workers=loader_workers(cfg.workers, device), pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed))
     extra = {"normalization": {"mean": list(info["mean"]), "std": list(info["std"])}, "classes": list(CLASSES),
              "trunk_sha256": info["sha256"], "finetuned_from": info["path"], "finetuned_from_step": info["step"],
-             "bbox_means": data.means.tolist(), "bbox_stds": data.stds.tolist(), "roidb_counts": counts,
-             "roi_mapping": cfg.roi_mapping}
+             "bbox_means": means.tolist(), "bbox_stds": stds.tolist(), "roidb_counts": counts,
+             "roi_mapping": cfg.roi_mapping, "proposals": cfg.proposals or f"selective-search-{cfg.proposal_mode}"}
 
     def save(path, resumable: bool) -> None:
         head = {k: v for k, v in model.state_dict().items() if not k.startswith("trunk.")}
@@ -348,15 +440,13 @@ def train(cfg: VOCDetConfig, model: FastRCNN, info: dict, data: DetectionMinibat
     try:
         with StopRequests(folder, cfg.save_minutes) as stop:
             if it != stop_after:
-                for images, rois, labels, targets in loader:
+                for batch in loader:
                     lr = caffe_step_lr(cfg.lr, cfg.lr_gamma, cfg.lr_step, it)
                     for g in optimizer.param_groups:
                         g["lr"] = lr * g["lr_mult"]
                     with amp:
-                        scores, deltas = model(images.to(device, non_blocking=True), rois.to(device))
-                    loss_cls, loss_box = fast_rcnn_loss(scores.float(), deltas.float(), labels.to(device),
-                                                        targets.to(device))
-                    loss = loss_cls + loss_box
+                        losses, labels = training_losses(model, batch, cfg, device, it)
+                    loss = sum(losses.values())
                     if not math.isfinite(loss.item()):
                         raise RuntimeError(f"loss became {loss.item()} at iteration {it + 1}; try a lower --lr")
                     optimizer.zero_grad(set_to_none=True)
@@ -365,9 +455,8 @@ def train(cfg: VOCDetConfig, model: FastRCNN, info: dict, data: DetectionMinibat
                     it += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
-                    log.write({"iter": it, "loss": loss.item(), "loss_cls": loss_cls.item(),
-                               "loss_bbox": loss_box.item(), "lr": lr, "foreground": int((labels > 0).sum()),
-                               "rois": len(labels)})
+                    log.write({"iter": it, "loss": loss.item(), **{k: v.item() for k, v in losses.items()}, "lr": lr,
+                               "foreground": int((labels > 0).sum()), "rois": len(labels)})
                     if stop.save_due(it % cfg.ckpt_every == 0 or it == cfg.iters or it == stop_after):
                         save(folder.last, resumable=True)
                     stop.raise_if_requested(f"iteration {it}")
@@ -379,25 +468,28 @@ def train(cfg: VOCDetConfig, model: FastRCNN, info: dict, data: DetectionMinibat
     if it < cfg.iters:
         return None
     save(folder.final, resumable=False)
-    plot_loss_curve(folder.log_path, folder.out / "loss.png", title=f"voc07-det Fast R-CNN ({info['arch']})")
+    kind = "Faster R-CNN" if isinstance(model, FasterRCNN) else "Fast R-CNN"
+    plot_loss_curve(folder.log_path, folder.out / "loss.png", title=f"voc07-det {kind} ({info['arch']})")
     return folder.out
 
 
 @torch.no_grad()
-def detect(model: FastRCNN, path, proposals: np.ndarray, cfg: VOCDetConfig, mean, std, means, stds, device,
+def detect(model: FastRCNN, path, proposals: np.ndarray | None, cfg: VOCDetConfig, mean, std, means, stds, device,
            chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """One test image: (class probabilities (K, 21), regressed boxes (K, 84) clipped, 0-based) for its K
     proposals, once clipped to the image and rid of degenerate boxes (test.py im_detect, with its
-    duplicate-RoI shortcut)."""
+    duplicate-RoI shortcut). proposals (K, 4) 0-based pixels, or None with a FasterRCNN: its RPN's."""
     height, width = image_size(Path(path))
-    proposals = clip_boxes(proposals, height, width)
-    proposals = proposals[valid_boxes(proposals)]
     scale = image_scale(height, width, cfg.test_scale, cfg.test_max_size)
     image = load_image(path, scale, mean, std)[None].to(device)
+    conv5 = model.features(image)
+    if proposals is None:
+        proposals = model.propose(image, [tuple(image.shape[-2:])], conv5)[0][0].float().cpu().double().numpy() / scale
+    proposals = clip_boxes(proposals, height, width)
+    proposals = proposals[valid_boxes(proposals)]
     rois = proposals * scale
     _, index, inverse = np.unique(np.round(rois * DEDUP_SCALE), axis=0, return_index=True, return_inverse=True)
     unique = proposals[index]
-    conv5 = model.features(image)
     scores, deltas = [], []
     for s in range(0, len(index), chunk):
         part = rois[index[s:s + chunk]]
@@ -502,7 +594,8 @@ def load_trained(path, device) -> tuple[FastRCNN, dict, dict]:
         raise CheckpointError(f"{path}: not a voc07-det model (its loss is {state.get('loss')!r}); --model takes "
                               f"the final.pt of a `bench eval voc07-det` run")
     extra = state.get("extra") or {}
-    model = FastRCNN(build_trunk(state["arch"]), roi_mapping=extra.get("roi_mapping", "centres"))
+    detector = FasterRCNN if extra.get("proposals") == RPN else FastRCNN
+    model = detector(build_trunk(state["arch"]), roi_mapping=extra.get("roi_mapping", "centres"))
     model.trunk.load_state_dict(state["trunk"])
     model.load_state_dict({**model.state_dict(), **state["head"]})
     return model.to(device), finetuned_source(state), extra
@@ -523,6 +616,12 @@ def run(cfg: VOCDetConfig, progress: bool = True, explicit=(), stop_after: int |
     counts, seconds_per_iter = {}, None
     if cfg.model:  # --eval-only
         model, info, extra = load_trained(cfg.model, device)
+        if cfg.proposals == RPN and not isinstance(model, FasterRCNN):
+            raise ValueError(f"{cfg.model}: trained with proposals {extra.get('proposals')!r}, it has no RPN to "
+                             f"propose with; give --proposals a folder, or leave it out for selective search")
+        if isinstance(model, FasterRCNN) and cfg.proposals is None:
+            cfg = replace(cfg, proposals=RPN)
+            deviations["proposals"] = RPN_DEVIATION
         means, stds = np.array(extra["bbox_means"]), np.array(extra["bbox_stds"])
         counts = extra.get("roidb_counts", {})
         ckpt = info["path"]
@@ -532,19 +631,28 @@ def run(cfg: VOCDetConfig, progress: bool = True, explicit=(), stop_after: int |
     else:
         trunk, info = load_trunk(cfg.ckpt, device, frozen=False)
         ckpt = cfg.ckpt
-        model = FastRCNN(trunk, roi_mapping=cfg.roi_mapping).to(device)
+        detector = FasterRCNN if cfg.proposals == RPN else FastRCNN
+        model = detector(trunk, roi_mapping=cfg.roi_mapping).to(device)
         cfg = replace(cfg, out=cfg.out or str(evaluation_folder("voc07-det", cfg.name or default_run_name(ckpt),
                                                                  info["sha256"])))
         ids = split_ids(cfg.voc, "trainval", cfg.train_images)
-        proposals, _ = split_proposals(cfg, "trainval", ids, progress)
+        if cfg.proposals == RPN:
+            proposals = [np.zeros((0, 4))] * len(ids)
+        else:
+            proposals, _ = split_proposals(cfg, "trainval", ids, progress)
         entries, counts = roi_entries(cfg.voc, ids, voc_detection_annotations(cfg.voc, "2007", "trainval"), proposals,
                                       cfg)
         if not entries:
             raise ValueError(f"{cfg.voc}: no trainval image has a usable object")
-        means, stds = target_statistics(entries, cfg.bbox_thresh)
-        data = DetectionMinibatches(entries, means, stds, cfg, info["mean"], info["std"])
+        if cfg.proposals == RPN:
+            means = np.tile(BBOX_MEANS, (len(CLASSES), 1))
+            stds = np.tile(BBOX_STDS, (len(CLASSES), 1))
+            data = DetectionImages(entries, cfg, info["mean"], info["std"])
+        else:
+            means, stds = target_statistics(entries, cfg.bbox_thresh)
+            data = DetectionMinibatches(entries, means, stds, cfg, info["mean"], info["std"])
         train_start = time.perf_counter()
-        out = train(cfg, model, info, data, counts, device, progress, stop_after)
+        out = train(cfg, model, info, data, counts, means, stds, device, progress, stop_after)
         if out is None:
             return {"out": cfg.out, "stopped_at": stop_after}
         seconds_per_iter = (time.perf_counter() - train_start) / cfg.iters
@@ -552,7 +660,10 @@ def run(cfg: VOCDetConfig, progress: bool = True, explicit=(), stop_after: int |
     run_name = cfg.name or default_run_name(ckpt)
 
     test_ids = split_ids(cfg.voc, "test", cfg.test_images)
-    test_proposals, proposal_file = split_proposals(cfg, "test", test_ids, progress)
+    if cfg.proposals == RPN:
+        test_proposals, proposal_file = [None] * len(test_ids), RPN
+    else:
+        test_proposals, proposal_file = split_proposals(cfg, "test", test_ids, progress)
     annotations = voc_detection_annotations(cfg.voc, "2007", "test")
     annotations = {i: annotations[i] for i in test_ids}
     model.eval()

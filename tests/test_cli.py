@@ -145,6 +145,8 @@ def test_proposals_and_voc07_det_commands(tmp_path):
     assert r.returncode == 2 and "Missing option '--ckpt'" in r.stderr
     ckpt = tmp_path / "random.pt"
     assert bench("baseline", "random", "--out", ckpt).returncode == 0
+    r = bench("eval", "voc07-det", "--ckpt", ckpt, "--voc", tmp_path / "voc", "--proposals", tmp_path / "nowhere")
+    assert r.returncode == 2 and "nowhere" in r.stderr and "does not exist" in r.stderr
     r = bench("eval", "voc07-det", "--ckpt", ckpt, "--voc", tmp_path / "voc", "--proposals", tmp_path / "props",
               "--iters", 1, "--train-scales", "227,250", "--test-scale", 227, "--out", tmp_path / "det",
               "--store", tmp_path / "records.jsonl", home=tmp_path / "home")

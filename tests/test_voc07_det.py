@@ -129,3 +129,70 @@ def test_proposals_for_another_image_list_are_refused(world, tmp_path):
     with pytest.raises(ProposalFormatError, match=r"voc_2007_trainval\.mat.*do not match .*trainval\.txt"):
         run(VOCDetConfig(ckpt=str(ckpt), voc=str(world), proposals=str(tmp_path), iters=1, out=str(tmp_path / "r"),
                          store=str(tmp_path / "s.jsonl")), progress=False, explicit=("iters",))
+
+
+def test_proposal_minibatch_samples_from_proposals_and_ground_truth():
+    """py-faster-rcnn's proposal_target_layer: ground truth joins the proposals; labels, the foreground / background
+    split and the normalised targets checked against formulas written here."""
+    from cpfs_bench.evaluate.voc07_det import proposal_minibatch
+
+    gt = np.array([[10.0, 10.0, 59.0, 49.0], [100.0, 20.0, 139.0, 99.0]])
+    gt_labels = np.array([3, 15])
+    rng = np.random.default_rng(0)
+    proposals = np.concatenate([gt[0] + rng.normal(0, 4, (30, 4)), gt[1] + rng.normal(0, 6, (30, 4)),
+                                np.sort(rng.uniform(0, 160, (40, 2, 2)), 1).transpose(0, 2, 1).reshape(40, 4)])
+    cfg = VOCDetConfig(rois_per_image=64)
+    rois, labels, targets = proposal_minibatch(proposals, gt, gt_labels, cfg, np.random.default_rng(1))
+    assert len(rois) == len(labels) == len(targets) <= 64
+    n_fg = int((labels > 0).sum())
+    assert n_fg == 16 and (labels[:n_fg] > 0).all() and (labels[n_fg:] == 0).all()
+    for roi, label, target in zip(rois, labels, targets):
+        inter_w = np.minimum(roi[2], gt[:, 2]) - np.maximum(roi[0], gt[:, 0]) + 1
+        inter_h = np.minimum(roi[3], gt[:, 3]) - np.maximum(roi[1], gt[:, 1]) + 1
+        inter = np.clip(inter_w, 0, None) * np.clip(inter_h, 0, None)
+        area = lambda b: (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)  # noqa: E731
+        iou = inter / (area(roi) + area(gt) - inter)
+        k = iou.argmax()
+        if label:
+            assert iou[k] >= 0.5 and label == gt_labels[k]
+            w, h = roi[2] - roi[0], roi[3] - roi[1]
+            gw, gh = gt[k, 2] - gt[k, 0], gt[k, 3] - gt[k, 1]
+            raw = [((gt[k, 0] + gt[k, 2]) - (roi[0] + roi[2])) / 2 / w,
+                   ((gt[k, 1] + gt[k, 3]) - (roi[1] + roi[3])) / 2 / h, np.log(gw / w), np.log(gh / h)]
+            np.testing.assert_allclose(target, np.array(raw) / [0.1, 0.1, 0.2, 0.2], rtol=1e-9, atol=1e-9)
+        else:
+            assert 0.1 <= iou[k] < 0.5 and not target.any()
+
+
+def test_faster_rcnn_end_to_end_resume_and_eval_only(world, tmp_path):
+    """--proposals rpn: the RPN's losses are logged, resume is bit for bit, the deviation is recorded, --eval-only
+    proposes with the saved RPN (same mAP), and a Fast R-CNN model cannot be asked for RPN proposals."""
+    ckpt = write_random_checkpoint(tmp_path / "random.pt", seed=0)
+    cfg = VOCDetConfig(ckpt=str(ckpt), voc=str(world), proposals="rpn", iters=3, train_scales=(227,), test_scale=227,
+                       out=str(tmp_path / "run"), store=str(tmp_path / "records.jsonl"), ckpt_every=1, score_thresh=0.0)
+    explicit = ("proposals", "iters", "train_scales", "test_scale", "score_thresh")
+    assert run(cfg, progress=False, explicit=explicit, stop_after=1)["stopped_at"] == 1
+    out = run(VOCDetConfig(**{**cfg.__dict__, "resume": True}), progress=False, explicit=explicit)
+    whole = run(VOCDetConfig(**{**cfg.__dict__, "out": str(tmp_path / "whole"), "store": str(tmp_path / "w.jsonl")}),
+                progress=False, explicit=explicit)
+    a, b = torch.load(out["model"], weights_only=True), torch.load(whole["model"], weights_only=True)
+    assert any(k.startswith("rpn.") for k in a["head"])
+    assert all(torch.equal(a["trunk"][k], b["trunk"][k]) for k in a["trunk"])
+    assert all(torch.equal(a["head"][k], b["head"][k]) for k in a["head"])
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log] == [0, 1, 2, 3]
+    assert all(r["loss"] == pytest.approx(r["loss_cls"] + r["loss_bbox"] + r["loss_rpn_cls"] + r["loss_rpn_bbox"],
+                                          rel=1e-5) for r in log[1:])
+    record = next(r for r in read_records(tmp_path / "records.jsonl") if r["metric"] == "mAP")
+    assert record["deviations"]["proposals"].startswith("rpn") and record["extra"]["test_proposals"] == "rpn"
+    again = run(VOCDetConfig(model=out["model"], voc=str(world), test_scale=227, score_thresh=0.0,
+                             out=str(tmp_path / "again"), store=str(tmp_path / "again.jsonl")), progress=False,
+                explicit=("test_scale", "score_thresh"))
+    assert again["mAP"] == pytest.approx(out["mAP"], abs=1e-9) and again["deviations"]["proposals"].startswith("rpn")
+
+    fast = run(VOCDetConfig(ckpt=str(ckpt), voc=str(world), iters=1, train_scales=(227,), test_scale=227,
+                            out=str(tmp_path / "fast"), store=str(tmp_path / "f.jsonl")), progress=False,
+               explicit=("iters", "train_scales", "test_scale"))
+    with pytest.raises(ValueError, match="has no RPN"):
+        run(VOCDetConfig(model=fast["model"], voc=str(world), proposals="rpn", out=str(tmp_path / "x"),
+                         store=str(tmp_path / "x.jsonl")), progress=False, explicit=("proposals",))
