@@ -99,5 +99,9 @@ class FasterRCNN(FastRCNN):
         first], {"loss_objectness", "loss_rpn_box_reg"} in training, else {})."""
         targets = None if gt_boxes is None else [{"boxes": pixels_to_corners(g), "size": s}
                                                   for g, s in zip(gt_boxes, sizes)]
-        boxes, losses = self.rpn(ImageList(images, [tuple(s) for s in sizes]), {"conv5": conv5}, targets)
+        # float32 even under autocast: torchvision decodes boxes in the deltas' dtype, and bfloat16 would move
+        # anchors of a 1000-pixel image by up to 2 pixels
+        with torch.autocast(conv5.device.type, enabled=False):
+            boxes, losses = self.rpn(ImageList(images.float(), [tuple(s) for s in sizes]), {"conv5": conv5.float()},
+                                     targets)
         return [corners_to_pixels(b.detach()) for b in boxes], losses
