@@ -276,7 +276,7 @@ def pretrain_cmd(config_file, **kw):
                f"{s['last_loss']:.4f} in {s['seconds']:.0f}s on {s['device']}; checkpoint {s['checkpoint']}")
 
 
-@main.group(short_help="Baseline checkpoints: random init, supervised.")
+@main.group(short_help="Baseline checkpoints: random init, random rescaled, supervised.")
 def baseline():
     """Write baseline checkpoints in the project's format, accepted by every evaluation; their
     records carry the baseline's name as method."""
@@ -294,6 +294,33 @@ def baseline_random(out, arch, seed):
 
     path = write_random_checkpoint(out, arch, seed)
     click.echo(f"baseline random ({arch}, seed {seed}): checkpoint {path}")
+
+
+@baseline.command("random-rescaled", short_help="Krähenbühl et al.'s rescaled random init (magic_init).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
+@click.option("--arch", type=click.Choice(["caffenet_bn", "caffenet"]), default="caffenet_bn", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Gaussian weights and the image draw.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of images (searched recursively). Default: the embedded ImageNet world's train split.")
+@click.option("--batches", type=POSITIVE, default=10, show_default=True, help="Batches of images (magic_init -nit).")
+@click.option("--batch-size", type=POSITIVE, default=16, show_default=True, help="Images per batch (magic_init -bs).")
+@click.option("--bias", type=float, default=0.1, show_default=True,
+              help="Each channel's mean before the ReLU: bias = -mu/sigma + this (magic_init -b).")
+@click.option("--equalize-gradients", is_flag=True,
+              help="Then equalise the gradient / weight ratios between layers (magic_init -cs).")
+@fails_cleanly
+def baseline_random_rescaled(**kw):
+    """Gaussian weights, then layer by layer (conv1 .. fc7) each channel's output before the ReLU rescaled on
+    real images to mean `--bias` and standard deviation 1 (Krähenbühl et al. 2016, philkr/magic_init "elwise")."""
+    from cpfs_bench.baselines.random_rescaled import RandomRescaledConfig, write_random_rescaled_checkpoint
+
+    s = write_random_rescaled_checkpoint(RandomRescaledConfig(**kw))
+    sigmas = ", ".join(f"{k} {v['sigma']:.3g}" for k, v in s["layers"].items())
+    click.echo(f"baseline random-rescaled ({kw['arch']}, seed {kw['seed']}): {s['images']} images, "
+               f"{s['seconds']:.0f}s; sigma before rescaling: {sigmas}")
+    if s["equalization"] is not None:
+        click.echo(f"gradient ratios equalised in {len(s['equalization'])} rounds")
+    click.echo(f"checkpoint {s['checkpoint']}")
 
 
 def _supervised_option(name, **kw):

@@ -132,6 +132,16 @@ def test_baseline_random_command(tmp_path):
     assert r.returncode == 2 and "Invalid value for '--epochs'" in r.stderr
 
 
+def test_baseline_random_rescaled_command(tiny_imagenet, tmp_path):
+    r = bench("baseline", "random-rescaled", "--out", tmp_path / "rr.pt", "--images", tiny_imagenet / "train",
+              "--arch", "caffenet", "--batches", 2, "--batch-size", 4, "--bias", 0.2)
+    assert r.returncode == 0 and "random-rescaled (caffenet, seed 0): 8 images" in r.stdout, r.stderr
+    ckpt = torch.load(tmp_path / "rr.pt", weights_only=True)
+    assert ckpt["loss"] == "random-rescaled" and ckpt["config"]["bias"] == 0.2 and ckpt["config"]["images_used"] == 8
+    r = bench("baseline", "random-rescaled", "--out", tmp_path / "x.pt", "--images", tmp_path)
+    assert r.returncode == 1 and "no image files" in r.stderr and str(tmp_path) in r.stderr
+
+
 def test_proposals_and_voc07_det_commands(tmp_path):
     r = bench("world", "voc", "--out", tmp_path / "voc", "--voc07-trainval", 3, "--voc07-test", 2,
               "--voc12-trainval", 2)
