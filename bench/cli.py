@@ -639,6 +639,46 @@ def eval_voc07_det(config_file, eval_only, **kw):
     click.echo(f"model: {s['model']}; devkit result files: {s['comp4']}")
 
 
+@main.group("import", short_help="Published models into the checkpoint format: caffe, torchvision.")
+def import_group():
+    """Convert published AlexNets into the project's checkpoint format, with their input convention, so every
+    evaluation runs on them (the paper's reference rows)."""
+
+
+@import_group.command("torchvision", short_help="torchvision's alexnet() state dict (a local file).")
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A state dict of torchvision.models.alexnet() (e.g. torch.save(model.state_dict(), path)).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
+@fails_cleanly
+def import_torchvision_command(weights, out):
+    """torchvision's AlexNet (64-192-384-256-256) as the "alexnet" trunk, its classifier.6 as the head; input RGB
+    normalised by the ImageNet mean and std."""
+    from cpfs_bench.baselines.torchvision_weights import import_torchvision
+
+    click.echo(f"imported torchvision alexnet: checkpoint {import_torchvision(weights, out)}")
+
+
+@main.group("export", short_help="Checkpoints out to other formats: torchvision.")
+def export_group():
+    """Write the project's checkpoints in formats other tools load."""
+
+
+@export_group.command("torchvision", short_help="An alexnet-trunk checkpoint as torchvision's state dict.")
+@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A cpfs-bench checkpoint of an alexnet trunk (e.g. from `bench import torchvision`).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="State dict file to write (.pth).")
+@fails_cleanly
+def export_torchvision_command(ckpt, out):
+    """For trunks of torchvision's shapes ("alexnet"): torchvision.models.alexnet(num_classes=N).load_state_dict
+    takes the file (classifier.6 from the checkpoint's head, when it has one). CaffeNet trunks do not fit and are
+    refused, naming the first layer that differs."""
+    from cpfs_bench.baselines.torchvision_weights import export_torchvision
+
+    path, with_classifier = export_torchvision(ckpt, out)
+    click.echo(f"exported {path}" + ("" if with_classifier else " without classifier.6 (the checkpoint has no "
+                                                                   "4096-input head): load it with strict=False"))
+
+
 @main.command("proposals", short_help="Selective-search proposals (Fast R-CNN's .mat format).")
 @click.option("--voc", type=click.Path(file_okay=False), default=None,
               help="VOCdevkit (or its parent). Default: the embedded world.")

@@ -165,3 +165,16 @@ def test_proposals_and_voc07_det_commands(tmp_path):
     record = json.loads((tmp_path / "records.jsonl").read_text().splitlines()[0])
     assert record["task"] == "voc07_det" and record["deviations"]["train_scales"] == [227, 250]
     assert len(list((tmp_path / "det" / "comp4").glob("comp4_det_test_*.txt"))) == 20
+
+
+def test_import_and_export_torchvision_commands(tmp_path):
+    from torchvision.models import alexnet
+
+    torch.save(alexnet(weights=None).state_dict(), tmp_path / "alexnet.pth")
+    r = bench("import", "torchvision", "--weights", tmp_path / "alexnet.pth", "--out", tmp_path / "tv.pt")
+    assert r.returncode == 0 and "imported torchvision alexnet" in r.stdout, r.stderr
+    r = bench("export", "torchvision", "--ckpt", tmp_path / "tv.pt", "--out", tmp_path / "back.pth")
+    assert r.returncode == 0 and (tmp_path / "back.pth").exists(), r.stderr
+    assert bench("baseline", "random", "--out", tmp_path / "c.pt").returncode == 0
+    r = bench("export", "torchvision", "--ckpt", tmp_path / "c.pt", "--out", tmp_path / "x.pth")
+    assert r.returncode == 1 and "conv1 weights are (96, 3, 11, 11) here" in r.stderr
