@@ -658,6 +658,39 @@ def import_torchvision_command(weights, out):
     click.echo(f"imported torchvision alexnet: checkpoint {import_torchvision(weights, out)}")
 
 
+@import_group.command("caffe", short_help="A Caffe CaffeNet (.prototxt + .caffemodel), without Caffe.")
+@click.option("--prototxt", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The net's text definition (deploy or train_val): layer order, groups, strides, pads, LRN, input.")
+@click.option("--caffemodel", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The binary weights (NetParameter; `layer` or legacy V1 `layers`).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
+@click.option("--mean-values", callback=comma_list(float), default=None,
+              help="Mean pixel B,G,R (0-255, the model's channel order; one value for all three) [the prototxt's "
+                   "transform_param, else BVLC's ILSVRC12 mean, recorded as assumed].")
+@click.option("--mean-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A mean image (.binaryproto), averaged per channel [the prototxt's transform_param mean_file].")
+@click.option("--scale", type=POSITIVE_FLOAT, default=None, help="Caffe's transform_param scale [the prototxt's, else 1].")
+@click.option("--channel-order", type=click.Choice(["BGR", "RGB"]), default=None,
+              help="The model's input channel order [BGR, as every Caffe model trained from Caffe's data layers].")
+@fails_cleanly
+def import_caffe_command(prototxt, caffemodel, out, mean_values, mean_file, scale, channel_order):
+    """A CaffeNet-style AlexNet (bvlc_reference_caffenet's layout: conv-relu-pool-norm, grouped conv2/4/5, fc6,
+    fc7; fc8 and later ignored) as a "caffenet" checkpoint. Weights are read with the protobuf library from a
+    caffe.proto subset shipped here; anything else is refused, naming the first layer that does not fit. The
+    input convention (BGR, 0-255, mean, scale) is recorded, and conv1's channels flipped so every evaluation
+    feeds RGB with the matching mean and std."""
+    from cpfs_bench.baselines.caffe_import import import_caffe
+    from cpfs_bench.bench.checkpoint import load_checkpoint
+
+    path = import_caffe(prototxt, caffemodel, out, mean_values=mean_values, mean_file=mean_file, scale=scale,
+                        channel_order=channel_order)
+    convention = load_checkpoint(path)["extra"]["input_convention"]
+    click.echo(f"imported {prototxt} + {caffemodel}: input {convention['channel_order']} 0-255 minus "
+               f"{[round(v, 3) for v in convention['mean_values_bgr']]} (BGR; {convention['mean_source']}), "
+               f"x {convention['scale']:g}")
+    click.echo(f"checkpoint {path}")
+
+
 @main.group("export", short_help="Checkpoints out to other formats: torchvision.")
 def export_group():
     """Write the project's checkpoints in formats other tools load."""

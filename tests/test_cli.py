@@ -178,3 +178,20 @@ def test_import_and_export_torchvision_commands(tmp_path):
     assert bench("baseline", "random", "--out", tmp_path / "c.pt").returncode == 0
     r = bench("export", "torchvision", "--ckpt", tmp_path / "c.pt", "--out", tmp_path / "x.pth")
     assert r.returncode == 1 and "conv1 weights are (96, 3, 11, 11) here" in r.stderr
+
+
+def test_import_caffe_command(tmp_path):
+    from caffe_files import CAFFENET, prototxt, write_caffenet
+
+    deploy, model = write_caffenet(tmp_path / "caffe")
+    r = bench("import", "caffe", "--prototxt", deploy, "--caffemodel", model, "--out", tmp_path / "c.pt",
+              "--mean-values", "104,117,123", "--scale", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert "input BGR 0-255 minus [104.0, 117.0, 123.0]" in r.stdout and "x 0.5" in r.stdout
+    ckpt = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert ckpt["arch"] == "caffenet" and ckpt["extra"]["normalization"]["std"] == [1 / 127.5] * 3
+    spec = [(s, "BatchNorm", b, "") if s == "relu1" else (s, k, b, p) for s, k, b, p in CAFFENET]
+    (tmp_path / "bn.prototxt").write_text(prototxt(spec=spec))
+    r = bench("import", "caffe", "--prototxt", tmp_path / "bn.prototxt", "--caffemodel", model,
+              "--out", tmp_path / "x.pt")
+    assert r.returncode == 1 and "relu1" in r.stderr and "BatchNorm" in r.stderr, r.stderr
