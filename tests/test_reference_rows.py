@@ -2,8 +2,8 @@
 torchvision import each go through one tiny run of each evaluation command, so the tables can show them."""
 import pytest
 import torch
-
 from caffe_files import write_caffenet
+
 from cpfs_bench.baselines.caffe_import import import_caffe
 from cpfs_bench.baselines.random_rescaled import RandomRescaledConfig, write_random_rescaled_checkpoint
 from cpfs_bench.baselines.torchvision_weights import import_torchvision
