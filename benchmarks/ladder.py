@@ -1,6 +1,6 @@
 """The embedded world's ladder: supervised > CPFS > random, measured end to end with the `bench` CLI.
 
-For every method and seed: make the checkpoint (`bench baseline random|supervised`, `bench pretrain
+For every method and seed: make the checkpoint (`bench baseline random|random-rescaled|supervised`, `bench pretrain
 --loss ...`), run the ImageNet-world linear probes (smoke preset, as on any embedded world) and the
 VOC07-world SVMs (Goyal et al.'s full cost sweep), then print top-1 / mAP per layer as mean +- sample
 standard deviation over seeds, with each run's wall time. Every step is skipped when its output already exists, so an interrupted ladder continues
@@ -24,7 +24,7 @@ from cpfs_bench.results.store import read_records
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 LOSSES = ("kta", "ce", "ce-rev", "direct-cls")
-METHODS = ("supervised", "random", *LOSSES)
+METHODS = ("supervised", "random", "random-rescaled", *LOSSES)
 
 
 def run_step(out: Path, name: str, argv: list[str], timings: dict) -> None:
@@ -43,10 +43,10 @@ def run_step(out: Path, name: str, argv: list[str], timings: dict) -> None:
 
 def checkpoint_of(out: Path, method: str, seed: int, args, timings: dict) -> Path:
     run = f"{method}-s{seed}"
-    if method == "random":
+    if method in ("random", "random-rescaled"):
         ckpt = out / f"{run}.pt"
         if not ckpt.exists():
-            run_step(out, f"make-{run}", ["baseline", "random", "--out", str(ckpt), "--seed", str(seed)], timings)
+            run_step(out, f"make-{run}", ["baseline", method, "--out", str(ckpt), "--seed", str(seed)], timings)
         return ckpt
     folder = out / run
     if not (folder / "final.pt").exists():
