@@ -639,6 +639,45 @@ def eval_voc07_det(config_file, eval_only, **kw):
     click.echo(f"model: {s['model']}; devkit result files: {s['comp4']}")
 
 
+def _pixel_list(ctx, param, value):
+    """--pixels "x,y;x,y" -> [(x, y)]; a bad item is a usage error."""
+    if value is None:
+        return None
+    try:
+        pixels = [tuple(int(v) for v in item.split(",")) for item in value.split(";") if item.strip()]
+    except ValueError:
+        pixels = []
+    if not pixels or any(len(p) != 2 for p in pixels):
+        raise click.BadParameter(f"expected 'x,y;x,y' pixel positions in the crop, got {value!r}")
+    return pixels
+
+
+@main.command("viz", short_help="Draw what a CPFS checkpoint learned (the paper's Fig. 1).")
+@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A `bench pretrain` checkpoint (final.pt), any loss.")
+@click.option("--frame", type=click.Path(exists=True, dir_okay=False), default=None, help="A video frame (image).")
+@click.option("--flow", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The frame's flow as a KITTI 16-bit PNG (`bench flow` output); adds K_f beside K_phi.")
+@click.option("--video", type=click.Path(exists=True), default=None,
+              help="Instead of --frame: a video file or frame folder; draws a strip over --frames frames.")
+@click.option("--frames", type=POSITIVE, default=4, show_default=True, help="Frames in the --video strip.")
+@click.option("--pixels", callback=_pixel_list, default=None,
+              help="Pixels p to draw K(p, .) for, 'x,y;x,y' in the centre crop [fastest, slowest and a middle one].")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="PNG to write [<frame>-<loss>-viz.png].")
+@fails_cleanly
+def viz(ckpt, frame, flow, video, frames, pixels, out):
+    """The frame, its flow (colour wheel and key), the per-pixel embedding projected to RGB by PCA, and kernel rows
+    K_phi(p, .) and K_f(p, .) for a few pixels; with --video, frame / flow / embedding over several frames."""
+    from cpfs_bench.pretrain.viz import embedding_figure, video_strip
+
+    if (frame is None) == (video is None):
+        raise click.UsageError("give either --frame (and optionally --flow) or --video")
+    if video is not None and (flow or pixels):
+        raise click.UsageError("--flow and --pixels go with --frame; --video computes its own flow")
+    path = video_strip(ckpt, video, out, frames) if video else embedding_figure(ckpt, frame, flow, out, pixels)
+    click.echo(f"viz: {path}")
+
+
 @main.group("import", short_help="Published models into the checkpoint format: caffe, torchvision.")
 def import_group():
     """Convert published AlexNets into the project's checkpoint format, with their input convention, so every

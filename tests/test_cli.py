@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 
 def bench(*args, cwd=None, home=None):
@@ -195,3 +196,14 @@ def test_import_caffe_command(tmp_path):
     r = bench("import", "caffe", "--prototxt", tmp_path / "bn.prototxt", "--caffemodel", model,
               "--out", tmp_path / "x.pt")
     assert r.returncode == 1 and "relu1" in r.stderr and "BatchNorm" in r.stderr, r.stderr
+
+
+def test_viz_command_usage(tmp_path):
+    assert bench("baseline", "random", "--out", tmp_path / "r.pt").returncode == 0
+    r = bench("viz", "--ckpt", tmp_path / "r.pt")
+    assert r.returncode == 2 and "give either --frame" in r.stderr
+    Image.new("RGB", (64, 64)).save(tmp_path / "f.png")
+    r = bench("viz", "--ckpt", tmp_path / "r.pt", "--frame", tmp_path / "f.png", "--pixels", "1;2")
+    assert r.returncode == 2 and "'x,y;x,y'" in r.stderr
+    r = bench("viz", "--ckpt", tmp_path / "r.pt", "--frame", tmp_path / "f.png")
+    assert r.returncode == 1 and "not a `bench pretrain` checkpoint" in r.stderr
