@@ -278,11 +278,15 @@ def execute(cfg: ReproduceConfig, steps: list[Step], progress: bool = True) -> O
         outcome.status[name] = "skipped"
     pending = [s for s in steps if s.name not in finished]
     running: dict[str, tuple[Step, subprocess.Popen, float, object]] = {}
-    failed: list[str] = []
-    stop = {"signal": None}
+    failed: list[str] = []  # once a step fails, no new one starts; the running ones finish
+    signalled: set[str] = set()
+    stop = {"signal": None, "count": 0}
 
     def on_signal(signum, _frame):
         stop["signal"] = signum
+        stop["count"] += 1
+        if stop["count"] == 2:  # asked twice: pass the second signal on, the commands stop at once
+            signalled.clear()
 
     handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     bar = progress_bar(total=round(sum(s.estimate for s in steps)), initial=round(sum(
@@ -301,10 +305,12 @@ def execute(cfg: ReproduceConfig, steps: list[Step], progress: bool = True) -> O
                                                start_new_session=True)
                     running[step.name] = (step, process, time.perf_counter(), log)
                     pending.remove(step)
-            if stop["signal"] is not None or (failed and running):
-                for _, process, _, _ in running.values():
-                    if process.poll() is None:
-                        process.send_signal(signal.SIGTERM)  # each command saves its resumable state
+            if stop["signal"] is not None:
+                for name, (_, process, _, _) in running.items():
+                    if name not in signalled and process.poll() is None:
+                        # once: each command saves its resumable state (a second signal would stop it at once)
+                        process.send_signal(signal.SIGTERM)
+                        signalled.add(name)
             if not running:
                 break
             if getattr(bar, "postfix", None) != ", ".join(running):
