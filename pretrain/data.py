@@ -53,19 +53,29 @@ def read_frame(path: Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def resize_to_cover(image: np.ndarray, flow: np.ndarray | None, valid: np.ndarray | None, crop: int):
+    """A frame smaller than crop x crop resized up (shorter side to `crop`), its flow (pixels) scaled with it and
+    its valid mask resized; larger frames unchanged. flow / valid may be None."""
+    h, w = image.shape[:2]
+    if min(h, w) >= crop:
+        return image, flow, valid
+    s = crop / min(h, w)
+    nw, nh = max(crop, round(w * s)), max(crop, round(h * s))
+    image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    if flow is not None:
+        flow = cv2.resize(flow, (nw, nh), interpolation=cv2.INTER_NEAREST) * np.array([nw / w, nh / h], np.float32)
+    if valid is not None:
+        valid = cv2.resize(valid.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return image, flow, valid
+
+
 def random_crop_flip(image: np.ndarray, flow: np.ndarray, valid: np.ndarray, crop: int, rng: np.random.Generator):
     """The same random crop (crop x crop) and horizontal flip for the frame and its flow.
 
-    Frames smaller than the crop are first resized up, their flow scaled with them; a flip
-    mirrors the flow field and negates u."""
+    Frames smaller than the crop are first resized up (`resize_to_cover`); a flip mirrors the flow
+    field and negates u."""
+    image, flow, valid = resize_to_cover(image, flow, valid, crop)
     h, w = image.shape[:2]
-    if min(h, w) < crop:
-        s = crop / min(h, w)
-        nw, nh = max(crop, round(w * s)), max(crop, round(h * s))
-        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        flow = cv2.resize(flow, (nw, nh), interpolation=cv2.INTER_NEAREST) * np.array([nw / w, nh / h], np.float32)
-        valid = cv2.resize(valid.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST).astype(bool)
-        h, w = nh, nw
     y = int(rng.integers(0, h - crop + 1))
     x = int(rng.integers(0, w - crop + 1))
     image, flow, valid = image[y:y + crop, x:x + crop], flow[y:y + crop, x:x + crop], valid[y:y + crop, x:x + crop]

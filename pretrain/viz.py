@@ -23,6 +23,7 @@ from PIL import Image
 from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint
 from cpfs_bench.bench.flowio import flow_to_image, read_flow_png
 from cpfs_bench.pretrain.alexnet import build_trunk
+from cpfs_bench.pretrain.data import resize_to_cover
 from cpfs_bench.pretrain.head import HypercolumnHead
 from cpfs_bench.pretrain.losses import LOSSES, Sigma, squash_flow
 
@@ -54,18 +55,11 @@ def load_pretrained(path) -> tuple[torch.nn.Module, HypercolumnHead, dict]:
 def centre_crop(image: np.ndarray, flow: np.ndarray | None, crop: int) -> tuple[np.ndarray, np.ndarray | None]:
     """(H, W, 3) uint8 frame and (H, W, 2) flow in pixels -> their crop x crop centres, resized up first (flow
     scaled with the image) when the frame is smaller than the crop, as in training."""
-    import cv2
-
     h, w = image.shape[:2]
     if flow is not None and flow.shape[:2] != (h, w):
         raise ValueError(f"the flow is {flow.shape[1]}x{flow.shape[0]} but the frame {w}x{h}")
-    if min(h, w) < crop:
-        s = crop / min(h, w)
-        nw, nh = max(crop, round(w * s)), max(crop, round(h * s))
-        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        if flow is not None:
-            flow = cv2.resize(flow, (nw, nh), interpolation=cv2.INTER_NEAREST) * np.array([nw / w, nh / h], np.float32)
-        h, w = nh, nw
+    image, flow, _ = resize_to_cover(image, flow, None, crop)
+    h, w = image.shape[:2]
     y, x = (h - crop) // 2, (w - crop) // 2
     return image[y:y + crop, x:x + crop], None if flow is None else flow[y:y + crop, x:x + crop]
 
