@@ -9,27 +9,18 @@ convention is RGB in [0, 1] normalised by the ImageNet mean and std, the project
 the first layer whose shape differs."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from cpfs_bench.bench.checkpoint import MEAN, STD, CheckpointError, load_checkpoint, save_checkpoint, torch_load
-from cpfs_bench.bench.files import atomic_write
+from cpfs_bench.bench.files import atomic_write, sha256_file
 from cpfs_bench.pretrain.alexnet import build_trunk
 
 CLASSIFIER = "classifier.6."
 # our trunk's layer names for torchvision's parametrised modules, for messages
 LAYER_NAMES = {"features.0": "conv1", "features.3": "conv2", "features.6": "conv3", "features.8": "conv4",
                "features.10": "conv5", "classifier.1": "fc6", "classifier.4": "fc7", "classifier.6": "fc8"}
-
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def torchvision_reference_state() -> dict[str, torch.Tensor]:
@@ -64,7 +55,7 @@ def import_torchvision(weights, out) -> Path:
     trunk = build_trunk("alexnet")
     trunk.load_state_dict({k: v for k, v in state.items() if not k.startswith(CLASSIFIER)})
     head = {k.removeprefix(CLASSIFIER): v for k, v in state.items() if k.startswith(CLASSIFIER)}
-    config = {"import": "torchvision", "weights": str(weights.resolve()), "weights_sha256": _sha256(weights),
+    config = {"import": "torchvision", "weights": str(weights.resolve()), "weights_sha256": sha256_file(weights),
               "classes": int(head["weight"].shape[0]) if "weight" in head else 0}
     extra = {"normalization": {"mean": list(MEAN), "std": list(STD)},
              "input_convention": {"channel_order": "RGB", "pixel_range": 1, "mean": list(MEAN), "std": list(STD),

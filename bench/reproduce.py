@@ -55,6 +55,7 @@ SMOKE_WORLDS = {
     "voc": ["--voc07-trainval", "16", "--voc07-test", "12", "--voc12-trainval", "40"],
     "imagenet": ["--classes", "4", "--train-per-class", "8", "--val-per-class", "4", "--size", "128"],
 }
+BENCH = [sys.executable, "-m", "cpfs_bench.bench.cli"]  # the `bench` command of this very installation
 VIZ_FRAME = 3  # the frame of the first clip drawn for Fig. 1 (smoke and default write a clip for it)
 # planned seconds per kind of step on 2 CPU cores (smoke and default measured here; paper: a GPU guess)
 ESTIMATES = {
@@ -252,7 +253,8 @@ def describe_plan(steps: list[Step], done: set[str], jobs: int) -> str:
     """The plan as text: each step, its estimate, whether it is already done; the total left."""
     lines = [f"{'step':<28} {'estimate':>9}  status"]
     for s in steps:
-        lines.append(f"{s.name:<28} {format_seconds(s.estimate):>9}  {'done (skipped)' if s.name in done else 'to run'}")
+        status = "done (skipped)" if s.name in done else "to run"
+        lines.append(f"{s.name:<28} {format_seconds(s.estimate):>9}  {status}")
     left = sum(s.estimate for s in steps if s.name not in done)
     lines.append(f"{len(steps)} steps, {len(done)} already done; about {format_seconds(left)} of work left"
                  + (f" (run {jobs} at a time)" if jobs > 1 else ""))
@@ -263,7 +265,7 @@ def _command(step: Step) -> list[str]:
     argv = list(step.argv)
     if step.run_folder is not None and (step.run_folder / "last.pt").exists():
         argv.append("--resume")
-    return [sys.executable, "-m", "cpfs_bench.bench.cli", *argv]
+    return [*BENCH, *argv]
 
 
 def execute(cfg: ReproduceConfig, steps: list[Step], progress: bool = True) -> Outcome:
@@ -372,8 +374,7 @@ def write_tables(out: Path, store: Path) -> dict[str, Path]:
         argv = ["results", "--store", store, "--format", fmt, "--output", path]
         if fmt == "table":
             argv += ["--plot", tables / "probes.png"]
-        done = subprocess.run([sys.executable, "-m", "cpfs_bench.bench.cli", *map(str, argv)], capture_output=True,
-                              text=True)
+        done = subprocess.run([*BENCH, *map(str, argv)], capture_output=True, text=True)
         if done.returncode != 0:
             raise ReproduceError(f"bench results failed: {done.stderr.strip()}")
         written[fmt] = path
@@ -404,11 +405,12 @@ def write_readme(cfg: ReproduceConfig, steps: list[Step], outcome: Outcome, tabl
                  wall: float) -> Path:
     """OUT/README.md: what ran, how long, on what, at which commit, on which data, and the tables."""
     out = Path(cfg.out)
+    videos = ", ".join(cfg.videos)
     data = {"smoke": "tiny worlds written into data/ (`bench world ...`, see the plan); numbers are a pipeline "
                      "check, never comparable with the paper's",
             "default": "the embedded default worlds ($CPFS_BENCH_HOME/world/); numbers are about the embedded "
                        "world, never comparable with the paper's",
-            "paper": f"VOC {cfg.voc}; SBD {cfg.sbd}; ImageNet {cfg.imagenet}; videos {', '.join(cfg.videos)}"}[cfg.preset]
+            "paper": f"VOC {cfg.voc}; SBD {cfg.sbd}; ImageNet {cfg.imagenet}; videos {videos}"}[cfg.preset]
     rows = []
     for s in steps:
         spent = json.loads(marker(out, s).read_text())["seconds"] if marker(out, s).exists() else None

@@ -261,6 +261,14 @@ def target_statistics(entries: list[RoIEntry], bbox_thresh: float, classes: int 
     return means, stds
 
 
+def training_image(e: RoIEntry, cfg: VOCDetConfig, rng: np.random.Generator, mean, std) -> tuple[torch.Tensor, float]:
+    """The entry's image at a training scale drawn from rng (shorter side from cfg.train_scales, longer side at
+    most cfg.train_max_size), mirrored if the entry is: (image (3, H, W) normalised, scale)."""
+    target = cfg.train_scales[int(rng.integers(len(cfg.train_scales)))]
+    scale = image_scale(e.height, e.width, target, cfg.train_max_size)
+    return load_image(e.path, scale, mean, std, e.flipped), scale
+
+
 class DetectionMinibatches(Dataset):
     """Training images with their sampled RoIs: item (i, seed) -> (image (3, H, W), rois (R, 4) at that
     scale, labels (R,), normalised targets (R, 4)). The scale and the RoI sample are drawn from `seed`."""
@@ -276,9 +284,7 @@ class DetectionMinibatches(Dataset):
         i, seed = key
         rng = np.random.default_rng(seed)
         e, cfg = self.entries[i], self.cfg
-        target = cfg.train_scales[int(rng.integers(len(cfg.train_scales)))]
-        scale = image_scale(e.height, e.width, target, cfg.train_max_size)
-        image = load_image(e.path, scale, self.mean, self.std, e.flipped)
+        image, scale = training_image(e, cfg, rng, self.mean, self.std)
         keep, n_fg = sample_rois(e.max_overlaps, cfg.rois_per_image, cfg.fg_fraction, cfg.fg_thresh,
                                  cfg.bg_thresh_hi, cfg.bg_thresh_lo, rng)
         labels = e.labels[keep].copy()
@@ -313,11 +319,8 @@ class DetectionImages(Dataset):
 
     def __getitem__(self, key):
         i, seed = key
-        rng = np.random.default_rng(seed)
-        e, cfg = self.entries[i], self.cfg
-        target = cfg.train_scales[int(rng.integers(len(cfg.train_scales)))]
-        scale = image_scale(e.height, e.width, target, cfg.train_max_size)
-        image = load_image(e.path, scale, self.mean, self.std, e.flipped)
+        e = self.entries[i]
+        image, scale = training_image(e, self.cfg, np.random.default_rng(seed), self.mean, self.std)
         # the entries are built without proposals: every box is a ground-truth box
         return image, torch.from_numpy(e.boxes * scale).float(), torch.from_numpy(e.labels.astype(np.int64))
 
