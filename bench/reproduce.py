@@ -96,6 +96,7 @@ class Step:
     # removed once the step has finished: its resumable state, and in smoke the fine-tuned evaluation models
     # (an AlexNet is 233 MB; 35 evaluations would otherwise leave ~12 GB)
     transient: tuple[Path, ...] = ()
+    output: Path | None = None  # the file the step exists to write (a checkpoint, a figure): checked after it
 
 
 @dataclass
@@ -133,11 +134,12 @@ def plan(cfg: ReproduceConfig) -> list[Step]:
     smoke, paper = cfg.preset == "smoke", cfg.preset == "paper"
     steps: list[Step] = []
 
-    def add(name, argv, kind, needs=(), run_folder=None, store=None):
+    def add(name, argv, kind, needs=(), run_folder=None, store=None, output=None):
         transient = () if run_folder is None else (run_folder / "last.pt",)
         if smoke and store is not None and run_folder is not None:
             transient += (run_folder / "final.pt",)
-        steps.append(Step(name, [str(a) for a in argv], kind, tuple(needs), run_folder, store, transient=transient))
+        steps.append(Step(name, [str(a) for a in argv], kind, tuple(needs), run_folder, store, transient=transient,
+                          output=output))
 
     # data
     voc = sbd = imagenet = flow = None
@@ -168,22 +170,24 @@ def plan(cfg: ReproduceConfig) -> list[Step]:
         argv = ["pretrain", "--loss", loss, "--out", folder, "--seed", cfg.seed]
         argv += ["--data", flow] if flow else []
         add(f"pretrain-{loss}", argv + (SMOKE_FLAGS["pretrain"] if smoke else []), "pretrain",
-            ("flow",) if flow else (), folder)
+            ("flow",) if flow else (), folder, output=folder / "final.pt")
         checkpoints[loss] = (folder / "final.pt", f"pretrain-{loss}")
     if "random" in cfg.methods:
-        add("random", ["baseline", "random", "--out", runs / "random.pt", "--seed", cfg.seed], "random")
+        add("random", ["baseline", "random", "--out", runs / "random.pt", "--seed", cfg.seed], "random",
+            output=runs / "random.pt")
         checkpoints["random"] = (runs / "random.pt", "random")
     if "random-rescaled" in cfg.methods:
         argv = ["baseline", "random-rescaled", "--out", runs / "random-rescaled.pt", "--seed", cfg.seed]
         argv += ["--images", imagenet / "train"] if imagenet else []
         add("random-rescaled", argv + (SMOKE_FLAGS["random-rescaled"] if smoke else []), "random-rescaled",
-            data_steps)
+            data_steps, output=runs / "random-rescaled.pt")
         checkpoints["random-rescaled"] = (runs / "random-rescaled.pt", "random-rescaled")
     if "supervised" in cfg.methods:
         folder = runs / "supervised"
         argv = ["baseline", "supervised", "--out", folder, "--seed", cfg.seed]
         argv += ["--data", imagenet] if imagenet else []
-        add("supervised", argv + (SMOKE_FLAGS["supervised"] if smoke else []), "supervised", data_steps, folder)
+        add("supervised", argv + (SMOKE_FLAGS["supervised"] if smoke else []), "supervised", data_steps, folder,
+            output=folder / "final.pt")
         checkpoints["supervised"] = (folder / "final.pt", "supervised")
 
     # evaluations
@@ -203,18 +207,18 @@ def plan(cfg: ReproduceConfig) -> list[Step]:
                 folder = runs / name
                 argv += ["--out", folder]
             argv += SMOKE_FLAGS[evaluation] if smoke else []
-            add(name, argv, evaluation, (maker, *data_steps), folder, store)
+            add(name, argv, evaluation, (maker, *data_steps), folder, store, output=store)
     for loss in [m for m in CPFS_LOSSES if m in cfg.methods]:
         ckpt = checkpoints[loss][0]
         figure = figures / f"fig1-{loss}.png"
         if paper:
             add(f"viz-{loss}", ["viz", "--ckpt", ckpt, "--video", Path(cfg.videos[0]).resolve(), "--out", figure],
-                "viz", (f"pretrain-{loss}",))
+                "viz", (f"pretrain-{loss}",), output=figure)
         else:
             clip = data / "flow" / "clip_000"
             add(f"viz-{loss}", ["viz", "--ckpt", ckpt, "--frame", clip / "frames" / f"{VIZ_FRAME:06d}.jpg",
                                 "--flow", clip / "flow" / f"{VIZ_FRAME:06d}.png", "--out", figure], "viz",
-                (f"pretrain-{loss}", "flow"))
+                (f"pretrain-{loss}", "flow"), output=figure)
     for step in steps:
         step.estimate = ESTIMATES[cfg.preset][step.kind]
     return steps
@@ -325,7 +329,13 @@ def execute(cfg: ReproduceConfig, steps: list[Step], progress: bool = True) -> O
                 del running[name]
                 seconds = time.perf_counter() - start
                 outcome.seconds[name] = seconds
-                if process.returncode == 0 and stop["signal"] is None:
+                if (process.returncode == 0 and stop["signal"] is None and step.output is not None
+                        and not step.output.exists()):
+                    with open(out / "logs" / f"{name}.log", "a") as f:
+                        f.write(f"\nbench reproduce: the command exited 0 but did not write {step.output}\n")
+                    failed.append(name)
+                    outcome.status[name] = "failed"
+                elif process.returncode == 0 and stop["signal"] is None:
                     atomic_write_json(marker(out, step), {"argv": step.argv, "seconds": round(seconds, 1),
                                                           "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
                     finished.add(name)

@@ -277,7 +277,8 @@ def run(cfg: PretrainConfig, progress: bool = True, stop_after: int | None = Non
     finally:
         bar.close()
         log.close()
-    if step == cfg.iters and step > start_step:
+    # also when a stop arrived between the last step's last.pt and final.pt: the resume has no step left to run
+    if step == cfg.iters and (step > start_step or not folder.final.exists()):
         save(step, folder.final, resumable=False)
     if step > start_step:
         plot_training_log(folder.log_path, folder.out / "loss.png", f"CPFS {cfg.loss} ({cfg.arch})")

@@ -34,6 +34,7 @@ def test_data_folder_without_pairs_exit_1_one_line(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_world_flow_pretrain_all_losses(tmp_path):
     r = bench("world", "videos", "--out", tmp_path / "world", "--clips", "2", "--frames", "5")
     assert r.returncode == 0, r.stderr
@@ -117,7 +118,8 @@ def test_version_and_help_summaries_whole():
     r = bench("--help")
     assert r.returncode == 0
     commands = r.stdout.split("Commands:")[1].strip().splitlines()
-    assert [c.split()[0] for c in commands] == ["baseline", "eval", "flow", "pretrain", "proposals", "results", "world"]
+    assert [c.split()[0] for c in commands] == ["baseline", "eval", "export", "flow", "import", "pretrain",
+                                                "proposals", "reproduce", "results", "viz", "world"]
     assert not any(line.rstrip().endswith("...") for line in commands)
     r = bench("eval", "linear-probe", "--help")
     assert "[default: 28; x>=1]" in " ".join(r.stdout.split()) or "default: 28" in r.stdout

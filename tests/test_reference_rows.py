@@ -10,7 +10,7 @@ from cpfs_bench.baselines.torchvision_weights import import_torchvision
 from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
 from cpfs_bench.results.store import read_records
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")

@@ -152,6 +152,19 @@ def test_sigterm_saves_a_resumable_state_and_resume_is_exact(tiny_flow, tmp_path
     assert straight["steps"] == 4
 
 
+def test_resume_after_the_last_step_writes_the_missing_final(tiny_flow, tmp_path):
+    """Stopped after the last step's last.pt but before final.pt (found by `bench reproduce`): the resume has no
+    step to run and still writes final.pt, the same weights."""
+    run(tiny_config(tiny_flow, tmp_path), progress=False)
+    final = load_checkpoint(tmp_path / "final.pt")
+    (tmp_path / "final.pt").unlink()
+    again = run(tiny_config(tiny_flow, tmp_path, resume=True), progress=False)
+    assert again["first_loss"] is None and again["checkpoint"] == str(tmp_path / "final.pt")
+    rewritten = load_checkpoint(tmp_path / "final.pt")
+    assert rewritten["step"] == final["step"] and all(torch.equal(final["trunk"][k], rewritten["trunk"][k])
+                                                       for k in final["trunk"])
+
+
 def test_log_starts_fresh_and_resume_drops_steps_after_the_checkpoint(tiny_flow, tmp_path):
     tmp_path.joinpath("log.jsonl").write_text('{"step": 1, "loss": 9}\n{"step": 2, "loss": 9}\n')  # a killed run
     run(tiny_config(tiny_flow, tmp_path), progress=False, stop_after=2)
