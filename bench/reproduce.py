@@ -57,10 +57,11 @@ SMOKE_WORLDS = {
 }
 BENCH = [sys.executable, "-m", "cpfs_bench.bench.cli"]  # the `bench` command of this very installation
 VIZ_FRAME = 3  # the frame of the first clip drawn for Fig. 1 (smoke and default write a clip for it)
-# planned seconds per kind of step on 2 CPU cores (smoke and default measured here; paper: a GPU guess)
+# planned seconds per kind of step on 2 CPU cores with --jobs 2 (smoke: measured means; default: from the
+# ladder's timings; paper: a GPU guess)
 ESTIMATES = {
-    "smoke": {"world": 25, "flow": 25, "pretrain": 25, "random": 5, "random-rescaled": 8, "supervised": 20,
-              "linear-probe": 15, "voc07-svm": 15, "voc07-cls": 15, "voc07-det": 20, "voc12-seg": 15, "viz": 12},
+    "smoke": {"world": 19, "flow": 18, "pretrain": 12, "random": 7, "random-rescaled": 8, "supervised": 11,
+              "linear-probe": 8, "voc07-svm": 12, "voc07-cls": 11, "voc07-det": 12, "voc12-seg": 13, "viz": 8},
     "default": {"world": 25, "flow": 25, "pretrain": 400, "random": 5, "random-rescaled": 15, "supervised": 600,
                 "linear-probe": 120, "voc07-svm": 300, "voc07-cls": 600, "voc07-det": 300, "voc12-seg": 600,
                 "viz": 12},
