@@ -131,6 +131,18 @@ def wheel_key(size: int = 64) -> np.ndarray:
     return key
 
 
+def save_figure(fig, out) -> Path:
+    """Every panel without ticks, laid out tight, written to `out` (its folder made); returns the path."""
+    for ax in fig.axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
 def read_frame(path) -> np.ndarray:
     """An image file -> (H, W, 3) RGB uint8; ValueError naming the file when it is not an image."""
     try:
@@ -198,14 +210,7 @@ def embedding_figure(ckpt, frame, flow=None, out=None, pixels=None) -> Path:
                 ax.imshow(picture, cmap="viridis", vmin=vmin, vmax=vmax)
             ax.plot([x], [y], marker="+", color="red", markersize=12, mew=2)
             ax.set_title(title, fontsize=9)
-    for ax in fig.axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    out = Path(out or Path(frame).with_suffix("").name + f"-{info['loss']}-viz.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return save_figure(fig, out or Path(frame).with_suffix("").name + f"-{info['loss']}-viz.png")
 
 
 def video_frames(video, n: int, cap: int = 300, method: str = "dis-medium") -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -260,10 +265,4 @@ def video_strip(ckpt, video, out=None, frames: int = 4, method: str = "dis-mediu
             ax = fig.add_subplot(len(rows), 3, 3 * r + c + 1)
             ax.imshow(picture)
             ax.set_title(title, fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.tight_layout()
-    out = Path(out or Path(video).with_suffix("").name + f"-{info['loss']}-strip.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return save_figure(fig, out or Path(video).with_suffix("").name + f"-{info['loss']}-strip.png")
