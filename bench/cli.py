@@ -669,13 +669,14 @@ def reproduce_cmd(dry_run, **kw):
     OUT/logs/); finished steps are skipped on a rerun, interrupted ones resume."""
     from pathlib import Path
 
-    from cpfs_bench.bench.reproduce import ReproduceConfig, check_config, describe_plan, marker, plan, run
+    from cpfs_bench.bench.reproduce import ReproduceConfig, check_config, describe_plan, finished_steps, plan, run
 
     cfg = ReproduceConfig(**{**kw, "videos": tuple(kw["videos"]), "methods": tuple(kw["methods"])})
     if dry_run:
         check_config(cfg)
         steps = plan(cfg)
-        click.echo(describe_plan(steps, {s.name for s in steps if marker(Path(cfg.out), s).exists()}, cfg.jobs))
+        done, stale = finished_steps(Path(cfg.out), steps)
+        click.echo(describe_plan(steps, done, cfg.jobs, stale))
         return
     s = run(cfg)
     click.echo(Path(s["tables"]["table"]).read_text())

@@ -148,7 +148,7 @@ def plan(cfg: ReproduceConfig) -> list[Step]:
     if smoke:
         for world in ("videos", "voc", "imagenet"):
             add(f"world-{world}", ["world", world, "--out", data / world, "--seed", cfg.seed, *SMOKE_WORLDS[world]],
-                "world")
+                "world", output=data / world)
         voc = sbd = data / "voc"
         imagenet = data / "imagenet"
         data_steps = ("world-voc", "world-imagenet")
@@ -157,10 +157,12 @@ def plan(cfg: ReproduceConfig) -> list[Step]:
     if not paper:  # a clip for the figures (and smoke's pretraining data)
         if not smoke:
             add("world-videos", ["world", "videos", "--out", data / "videos", "--seed", cfg.seed,
-                                 *SMOKE_WORLDS["videos"]], "world")
-        add("flow", ["flow", data / "videos" / "videos", "--out", data / "flow"], "flow", ("world-videos",))
+                                 *SMOKE_WORLDS["videos"]], "world", output=data / "videos")
+        add("flow", ["flow", data / "videos" / "videos", "--out", data / "flow"], "flow", ("world-videos",),
+            output=data / "flow")
     else:
-        add("flow", ["flow", *[Path(v).resolve() for v in cfg.videos], "--out", data / "flow"], "flow")
+        add("flow", ["flow", *[Path(v).resolve() for v in cfg.videos], "--out", data / "flow"], "flow",
+            output=data / "flow")
     if smoke or paper:
         flow = data / "flow"
 
@@ -250,15 +252,36 @@ def marker(out: Path, step: Step) -> Path:
     return out / "steps" / f"{step.name}.json"
 
 
+def finished_steps(out: Path, steps: list[Step]) -> tuple[set[str], dict[str, str]]:
+    """The steps to skip, and {step: why it reruns} for those whose marker exists but no longer holds: its output
+    (a checkpoint, a records file, a data folder) is gone, or a step it needs reruns (its inputs may change)."""
+    done: set[str] = set()
+    stale: dict[str, str] = {}
+    planned = {s.name for s in steps}
+    for s in steps:  # in plan order: needs come first
+        if not marker(out, s).exists():
+            continue
+        rerun = [n for n in s.needs if n in planned and n not in done]
+        if s.output is not None and not s.output.exists():
+            stale[s.name] = f"{s.output} is missing"
+        elif rerun:
+            stale[s.name] = f"{', '.join(rerun)} reruns"
+        else:
+            done.add(s.name)
+    return done, stale
+
+
 def format_seconds(s: float) -> str:
     return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.0f} min" if s >= 90 else f"{s:.0f} s"
 
 
-def describe_plan(steps: list[Step], done: set[str], jobs: int) -> str:
-    """The plan as text: each step, its estimate, whether it is already done; the total left."""
+def describe_plan(steps: list[Step], done: set[str], jobs: int, stale: dict[str, str] | None = None) -> str:
+    """The plan as text: each step, its estimate, whether it is already done (or reruns, and why); the total left."""
+    stale = stale or {}
     lines = [f"{'step':<28} {'estimate':>9}  status"]
     for s in steps:
-        status = "done (skipped)" if s.name in done else "to run"
+        status = ("done (skipped)" if s.name in done else f"to run again: {stale[s.name]}" if s.name in stale
+                  else "to run")
         lines.append(f"{s.name:<28} {format_seconds(s.estimate):>9}  {status}")
     left = sum(s.estimate for s in steps if s.name not in done)
     lines.append(f"{len(steps)} steps, {len(done)} already done; about {format_seconds(left)} of work left"
@@ -280,7 +303,10 @@ def execute(cfg: ReproduceConfig, steps: list[Step], progress: bool = True) -> O
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "steps").mkdir(parents=True, exist_ok=True)
     outcome = Outcome()
-    finished = {s.name for s in steps if marker(out, s).exists()}
+    finished, stale = finished_steps(out, steps)
+    for name in stale:
+        (out / "steps" / f"{name}.json").unlink()
+    run_commit = commit()
     for name in finished:
         outcome.status[name] = "skipped"
     pending = [s for s in steps if s.name not in finished]
@@ -341,7 +367,8 @@ def execute(cfg: ReproduceConfig, steps: list[Step], progress: bool = True) -> O
                     outcome.status[name] = "failed"
                 elif process.returncode == 0 and stop["signal"] is None:
                     atomic_write_json(marker(out, step), {"argv": step.argv, "seconds": round(seconds, 1),
-                                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+                                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                          "commit": run_commit, "jobs": cfg.jobs})
                     finished.add(name)
                     outcome.status[name] = "done"
                     for path in step.transient:
@@ -415,6 +442,14 @@ def commit() -> str:
     return sha.stdout.strip() + (" +uncommitted changes" if dirty else "")
 
 
+def short_commit(full: str | None) -> str:
+    """'<40 hex> +uncommitted changes' -> '<12 hex> +changes'; None (a marker written before commits were kept)."""
+    if not full:
+        return "not recorded"
+    sha, _, rest = full.partition(" ")
+    return sha[:12] + (" +changes" if rest else "")
+
+
 def write_readme(cfg: ReproduceConfig, steps: list[Step], outcome: Outcome, tables: dict[str, Path],
                  wall: float) -> Path:
     """OUT/README.md: what ran, how long, on what, at which commit, on which data, and the tables."""
@@ -425,24 +460,35 @@ def write_readme(cfg: ReproduceConfig, steps: list[Step], outcome: Outcome, tabl
             "default": "the embedded default worlds ($CPFS_BENCH_HOME/world/); numbers are about the embedded "
                        "world, never comparable with the paper's",
             "paper": f"VOC {cfg.voc}; SBD {cfg.sbd}; ImageNet {cfg.imagenet}; videos {videos}"}[cfg.preset]
-    rows = []
-    for s in steps:
-        spent = json.loads(marker(out, s).read_text())["seconds"] if marker(out, s).exists() else None
-        status = outcome.status.get(s.name, "")
-        rows.append(f"| {s.name} | `bench {' '.join(s.argv)}` | {status} | "
-                    + (f"{spent:.0f}" if spent is not None else "-") + " |")
-    total = sum(json.loads(marker(out, s).read_text())["seconds"] for s in steps if marker(out, s).exists())
+    # every finished step in OUT, this plan's first: a folder filled over several invocations (other --methods,
+    # sessions, commits) says of each step when, at which commit and how long
+    planned = [marker(out, s) for s in steps]
+    others = sorted(set((out / "steps").glob("*.json")) - set(planned))
+    rows, total, commits = [], 0.0, set()
+    for path in planned + others:
+        record = json.loads(path.read_text()) if path.exists() else {}
+        name = path.stem
+        status = outcome.status.get(name, "earlier invocation")
+        argv = record.get("argv") or next((s.argv for s in steps if s.name == name), [])
+        spent = record.get("seconds")
+        total += spent or 0.0
+        if record.get("commit"):
+            commits.add(record["commit"])
+        rows.append(f"| {name} | `bench {' '.join(argv)}` | {status} | {record.get('finished', '-')} | "
+                    f"{short_commit(record.get('commit'))} | " + (f"{spent:.0f}" if spent is not None else "-") + " |")
+    spread = f" (its steps ran at {len(commits)} commits: see below)" if len(commits) > 1 else ""
     figures = sorted((out / "figures").glob("*.png"))
     text = "\n".join([
         f"# cpfs-bench reproduce ({cfg.preset})", "",
-        f"- Commit: {commit()}", f"- Hardware: {hardware()}", f"- Data: {data}",
+        f"- Commit: {commit()}{spread}", f"- Hardware: {hardware()}", f"- Data: {data}",
         f"- Finished {time.strftime('%Y-%m-%d %H:%M:%S')}; this invocation {format_seconds(wall)} wall, all steps "
         f"together {format_seconds(total)} of command time ({cfg.jobs} at a time).",
         "- Tables: " + ", ".join(f"[{p.name}](tables/{p.name})" for p in tables.values())
         + ", probe plot [probes.png](tables/probes.png)",
         "- Figures: " + ", ".join(f"[{p.name}](figures/{p.name})" for p in figures), "",
         "## Tables", "", tables["md"].read_text(), "", "## What ran", "",
-        "| step | command | status (this invocation) | seconds |", "|---|---|---|---|", *rows, ""])
+        "| step | command | status (this invocation) | finished | commit | seconds |", "|---|---|---|---|---|---|",
+        *rows, ""])
     path = out / "README.md"
     path.write_text(text)
     return path
@@ -455,8 +501,8 @@ def run(cfg: ReproduceConfig, progress: bool = True, echo=print) -> dict:
     claim_folder(cfg)
     out = Path(cfg.out)
     steps = plan(cfg)
-    done = {s.name for s in steps if marker(out, s).exists()}
-    echo(describe_plan(steps, done, cfg.jobs))
+    done, stale = finished_steps(out, steps)
+    echo(describe_plan(steps, done, cfg.jobs, stale))
     start = time.perf_counter()
     outcome = execute(cfg, steps, progress)
     store = merge_records(out)

@@ -2,6 +2,7 @@
 the middle and rerun it finishes with no record twice; run again it trains nothing and writes the same tables."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,11 +15,16 @@ from cpfs_bench.bench.reproduce import (
     CPFS_LOSSES,
     EVALUATIONS,
     METHODS,
+    Outcome,
     ReproduceConfig,
     ReproduceError,
     check_config,
     claim_folder,
+    describe_plan,
+    finished_steps,
+    marker,
     plan,
+    write_readme,
 )
 
 
@@ -94,3 +100,53 @@ def test_smoke_end_to_end_stopped_resumed_and_rerun(tmp_path):
     assert third.returncode == 0, third.stderr[-3000:]
     assert f"0 steps run, {len(steps)} already done" in third.stdout
     assert {p.name: p.read_text() for p in (out / "tables").iterdir() if p.suffix != ".png"} == tables
+
+
+def _mark_done(out, steps):
+    for s in steps:
+        (out / "steps").mkdir(parents=True, exist_ok=True)
+        (out / "steps" / f"{s.name}.json").write_text(json.dumps({"argv": s.argv, "seconds": 1.0,
+                                                                   "finished": "2026-01-01 00:00:00"}))
+        if s.output is not None:
+            s.output.parent.mkdir(parents=True, exist_ok=True)
+            s.output.mkdir(exist_ok=True) if s.kind in ("world", "flow") else s.output.write_text("x")
+
+
+def test_a_step_whose_output_is_gone_reruns_and_so_do_the_steps_that_need_it(tmp_path):
+    out = tmp_path / "rep"
+    steps = plan(ReproduceConfig(preset="default", out=str(out)))
+    _mark_done(out, steps)
+    assert finished_steps(out, steps) == ({s.name for s in steps}, {})
+    (out / "runs" / "pretrain-ce" / "final.pt").unlink()  # a checkpoint deleted by hand, or not copied along
+    shutil.rmtree(out / "data" / "flow")
+    done, stale = finished_steps(out, steps)
+    assert "final.pt is missing" in stale["pretrain-ce"] and "flow is missing" in stale["flow"]
+    for evaluation in EVALUATIONS:
+        assert stale[f"{evaluation}-ce"] == "pretrain-ce reruns" and f"{evaluation}-kta" in done
+    assert stale["viz-ce"] == "pretrain-ce, flow reruns" and stale["viz-kta"] == "flow reruns"
+    assert done == {s.name for s in steps} - set(stale)
+    described = describe_plan(steps, done, 2, stale)
+    assert "to run again: pretrain-ce reruns" in described and f"{len(done)} already done" in described
+
+
+def test_readme_lists_steps_of_earlier_invocations_with_their_commits(tmp_path):
+    out = tmp_path / "rep"
+    first = plan(ReproduceConfig(preset="default", out=str(out), methods=("kta",)))
+    _mark_done(out, first)
+    sha = "0123456789abcdef" * 2 + "01234567"
+    for s in first:
+        record = json.loads(marker(out, s).read_text())
+        (out / "steps" / f"{s.name}.json").write_text(json.dumps({**record, "commit": sha + " +uncommitted changes"}))
+    later = ReproduceConfig(preset="default", out=str(out), methods=("random",))
+    second = plan(later)
+    _mark_done(out, second)
+    (out / "tables").mkdir()
+    (out / "tables" / "tables.md").write_text("| a table |")
+    outcome = Outcome(status={s.name: "done" for s in second})
+    readme = write_readme(later, second, outcome, {"md": out / "tables" / "tables.md"}, 10.0).read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| ") and "`bench" in line]
+    assert len(rows) == len({s.name for s in first + second})  # world and flow are in both plans: listed once
+    pretrain = next(r for r in rows if r.startswith("| pretrain-kta |"))
+    assert "earlier invocation" in pretrain and "0123456789ab +changes" in pretrain
+    assert "| done |" in next(r for r in rows if r.startswith("| linear-probe-random |"))
+    assert "| a table |" in readme
