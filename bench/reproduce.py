@@ -57,14 +57,14 @@ SMOKE_WORLDS = {
 }
 BENCH = [sys.executable, "-m", "cpfs_bench.bench.cli"]  # the `bench` command of this very installation
 VIZ_FRAME = 3  # the frame of the first clip drawn for Fig. 1 (smoke and default write a clip for it)
-# planned seconds per kind of step on 2 CPU cores with --jobs 2 (smoke: measured means; default: from the
-# ladder's timings; paper: a GPU guess)
+# planned seconds per kind of step on 2 CPU cores with --jobs 2 (smoke and default: measured means, default from
+# its run of 2026-11-29; paper: a GPU guess)
 ESTIMATES = {
     "smoke": {"world": 19, "flow": 18, "pretrain": 12, "random": 7, "random-rescaled": 8, "supervised": 11,
               "linear-probe": 8, "voc07-svm": 12, "voc07-cls": 11, "voc07-det": 12, "voc12-seg": 13, "viz": 8},
-    "default": {"world": 25, "flow": 25, "pretrain": 400, "random": 5, "random-rescaled": 15, "supervised": 600,
-                "linear-probe": 120, "voc07-svm": 300, "voc07-cls": 600, "voc07-det": 300, "voc12-seg": 600,
-                "viz": 12},
+    "default": {"world": 20, "flow": 20, "pretrain": 760, "random": 7, "random-rescaled": 47, "supervised": 1050,
+                "linear-probe": 170, "voc07-svm": 200, "voc07-cls": 260, "voc07-det": 170, "voc12-seg": 345,
+                "viz": 14},
     "paper": {"world": 0, "flow": 3600, "pretrain": 36000, "random": 5, "random-rescaled": 60, "supervised": 86400,
               "linear-probe": 36000, "voc07-svm": 3600, "voc07-cls": 7200, "voc07-det": 36000, "voc12-seg": 7200,
               "viz": 20},
@@ -285,7 +285,7 @@ def describe_plan(steps: list[Step], done: set[str], jobs: int, stale: dict[str,
         lines.append(f"{s.name:<28} {format_seconds(s.estimate):>9}  {status}")
     left = sum(s.estimate for s in steps if s.name not in done)
     lines.append(f"{len(steps)} steps, {len(done)} already done; about {format_seconds(left)} of work left"
-                 + (f" (run {jobs} at a time)" if jobs > 1 else ""))
+                 + (f" (run {jobs} at a time: about {format_seconds(left / jobs)} wall)" if jobs > 1 else ""))
     return "\n".join(lines)
 
 
