@@ -304,8 +304,9 @@ def execute(cfg: ReproduceConfig, steps: list[Step], progress: bool = True) -> O
     (out / "steps").mkdir(parents=True, exist_ok=True)
     outcome = Outcome()
     finished, stale = finished_steps(out, steps)
-    for name in stale:
-        (out / "steps" / f"{name}.json").unlink()
+    for step in steps:
+        if step.name in stale:
+            marker(out, step).unlink()
     run_commit = commit()
     for name in finished:
         outcome.status[name] = "skipped"
