@@ -105,8 +105,7 @@ def test_smoke_end_to_end_stopped_resumed_and_rerun(tmp_path):
 def _mark_done(out, steps):
     for s in steps:
         (out / "steps").mkdir(parents=True, exist_ok=True)
-        (out / "steps" / f"{s.name}.json").write_text(json.dumps({"argv": s.argv, "seconds": 1.0,
-                                                                   "finished": "2026-01-01 00:00:00"}))
+        marker(out, s).write_text(json.dumps({"argv": s.argv, "seconds": 1.0, "finished": "2026-01-01 00:00:00"}))
         if s.output is not None:
             s.output.parent.mkdir(parents=True, exist_ok=True)
             s.output.mkdir(exist_ok=True) if s.kind in ("world", "flow") else s.output.write_text("x")
@@ -136,7 +135,7 @@ def test_readme_lists_steps_of_earlier_invocations_with_their_commits(tmp_path):
     sha = "0123456789abcdef" * 2 + "01234567"
     for s in first:
         record = json.loads(marker(out, s).read_text())
-        (out / "steps" / f"{s.name}.json").write_text(json.dumps({**record, "commit": sha + " +uncommitted changes"}))
+        marker(out, s).write_text(json.dumps({**record, "commit": sha + " +uncommitted changes"}))
     later = ReproduceConfig(preset="default", out=str(out), methods=("random",))
     second = plan(later)
     _mark_done(out, second)
