@@ -215,7 +215,7 @@ def write_random_rescaled_checkpoint(cfg: RandomRescaledConfig, progress: bool =
     start = time.perf_counter()
     folder = cfg.images
     if folder is None:
-        from cpfs_bench.evaluate.default_data import default_imagenet_world
+        from cpfs_bench.bench.world.defaults import default_imagenet_world
 
         folder = default_imagenet_world(progress=progress) / "train"
     batches, used = load_batches(image_files(folder), cfg.batches, cfg.batch_size, cfg.size, seed=cfg.seed)

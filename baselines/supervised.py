@@ -87,7 +87,7 @@ class Classifier(nn.Module):
 def resolve_config(cfg: SupervisedConfig, explicit=()) -> tuple[SupervisedConfig, dict]:
     """(cfg with data and preset resolved, deviations from the reference recipe)."""
     if cfg.data is None:
-        from cpfs_bench.evaluate.default_data import default_imagenet_world
+        from cpfs_bench.bench.world.defaults import default_imagenet_world
 
         cfg = replace(cfg, data=str(default_imagenet_world()), preset=cfg.preset or "smoke")
     if cfg.arch not in ARCHITECTURES:

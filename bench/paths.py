@@ -1,5 +1,5 @@
 """Where cpfs-bench keeps its data: $CPFS_BENCH_HOME, else the user cache folder. Only "where": the
-commands that need the embedded default data make it (pretrain/default_data.py, evaluate/default_data.py)."""
+commands that need the embedded default data make it (pretrain/default_data.py, bench/world/defaults.py)."""
 from __future__ import annotations
 
 import fcntl

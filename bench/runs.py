@@ -1,16 +1,26 @@
-"""Run plumbing shared by every training loop (`bench pretrain`, the probes, the fine-tuning loops).
+"""Run plumbing shared by every training loop (`bench pretrain`, `bench baseline supervised`, the probes,
+the fine-tuning loops): one step driver, `TrainingRun`, and the pieces it is made of.
 
-A loop reads top to bottom over these pieces:
+A loop keeps only its data, forward and backward, read top to bottom (as torchvision's train_one_epoch):
 
-    device = resolve_device(cfg.device)
-    folder = RunFolder(out, "pretrain", asdict(cfg), resume=cfg.resume, must_match=(...))
-    log = JsonlLog(folder.log_path, resume_at=start_step)       # a fresh run starts a fresh log
-    with StopRequests(folder, save_minutes=10) as stop:
-        for step ...:
-            lr = scheduled_lr("cosine", cfg.lr, step, cfg.iters)
-            ...
-            if stop.save_due(step == cfg.iters): save last.pt
-            stop.raise_if_requested(step)    # after SIGINT/SIGTERM: state saved, RunInterrupted raised
+    run = TrainingRun(cfg.out, "eval voc07-cls", config, resume=cfg.resume, must_match=RESUME_MUST_MATCH,
+                      total=cfg.iters, unit="iteration", log_key="iter", desc="voc07-cls fine-tuning",
+                      device=device, progress=progress, ckpt_every=cfg.ckpt_every, save_minutes=cfg.save_minutes)
+    ... build the model and the optimizer ...
+    state = run.restore(optimizer)          # None for a fresh run; else optimizer, RNG and step restored
+    if state: model.load_state_dict(state["head"])
+    loader = DataLoader(..., batch_sampler=StepBatchSampler(..., run.step, cfg.iters))
+    with run.start(optimizer, lambda: dict(arch=..., trunk=..., head=..., loss=..., extra=...)):
+        for images, labels in run.batches(loader):
+            with run.autocast():
+                loss = ...
+            run.check_finite(loss)          # TrainingDiverged: the step, the last good state, the resume command
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+            run.step_done({"loss": loss.item(), "lr": lr})   # log, progress, periodic and wall-time saves, signals
+    run.finish(plot_title="voc07-cls fine-tuning")       # final.pt and loss.png when the run is complete
+
+Epoch loops (`for epoch in run.epochs():`, ckpt_every=1) call `run.raise_if_stopping(where)` within an
+epoch: a signal there stops at once, and a resume redoes that epoch from the state saved at its start.
 
 Checkpoints of a loop's state use the one format of bench/checkpoint.py (model parts, optimizer,
 step, RNG states; bf16 autocast needs no gradient scaler, so there is none to keep).
@@ -202,3 +212,169 @@ class StopRequests:
                                      f"saved; start it again (nothing to resume in {self.folder.out})")
             raise RunInterrupted(f"{self.signal_name} received: stopped after {where}, state saved to "
                                  f"{self.folder.last}; resume with `{self.folder.resume_command()}`")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step, the last good state and what to try."""
+
+
+class TrainingRun:
+    """The step driver every training loop runs on: the run folder (config.json, refusal of other
+    settings on --resume), the JSON-lines log, the progress bar, SIGINT/SIGTERM and wall-time saves,
+    bf16 autocast on CUDA, the finite-loss check, periodic and final saves and the loss plot.
+
+    total: steps of the run (iterations, updates or epochs; `unit` names them in messages and
+    `log_key` in log.jsonl); ckpt_every: last.pt every this many steps (and at the end, on a signal,
+    after `save_minutes` of wall time); stop_after: leave after that step with last.pt written, as a
+    preempted job would (tests of exact resumes)."""
+
+    def __init__(self, out, command: str, config: dict, *, resume: bool, must_match=(), total: int,
+                 unit: str = "step", log_key: str = "step", desc: str = "", device=None, progress: bool = True,
+                 ckpt_every: int = 100, save_minutes: float = 10.0, stop_after: int | None = None, amp: bool = True):
+        self.folder = RunFolder(out, command, config, resume, must_match)
+        self.config = config
+        self.resuming = resume
+        self.total, self.unit, self.log_key, self.desc = total, unit, log_key, desc
+        self.device, self.progress, self.amp = device, progress, amp
+        self.ckpt_every, self.save_minutes, self.stop_after = ckpt_every, save_minutes, stop_after
+        self.step = 0
+        self.start_step = 0
+        self.optimizer = None
+        self.parts = None
+        self.log = self.bar = self.stop = None
+
+    @property
+    def out(self) -> Path:
+        return self.folder.out
+
+    def restore(self, optimizer=None) -> dict | None:
+        """On --resume: read last.pt, restore the optimizer (when given) and the RNG states, set `step`;
+        returns the checkpoint, whose model parts the loop loads itself. None for a fresh run. Call it
+        after building the model (which draws from the global RNG) and before building the loader."""
+        if not self.resuming:
+            return None
+        from cpfs_bench.bench.checkpoint import load_checkpoint, set_rng_state
+
+        state = load_checkpoint(self.folder.last)
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.step = self.start_step = state["step"]
+        return state
+
+    def start(self, optimizer, parts):
+        """Begin the steps; use as `with run.start(optimizer, parts):`. parts() -> {arch, trunk, head, loss,
+        extra} of the checkpoint, read at each save (the optimizer's state and RNG are added for last.pt)."""
+        self.optimizer, self.parts = optimizer, parts
+        return self
+
+    def __enter__(self):
+        self.log = JsonlLog(self.folder.log_path, resume_at=self.step if self.resuming else None, key=self.log_key)
+        self.bar = progress_bar(total=self.total, initial=self.step, desc=self.desc, unit=self.unit,
+                                disable=not self.progress)
+        if self.resuming:
+            self.bar.write(f"resuming from {self.unit} {self.step} of {self.total} ({self.folder.last})")
+        self.stop = StopRequests(self.folder, self.save_minutes).__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.__exit__(*exc)
+        self.bar.close()
+        self.log.close()
+        return False
+
+    @property
+    def done(self) -> bool:
+        """No step left: the run is complete, or stop_after was reached."""
+        return self.step >= self.total or self.step == self.stop_after
+
+    def batches(self, iterable):
+        """The loader's batches while steps are left (a loader may hold more than the steps left)."""
+        if self.done:
+            return
+        for batch in iterable:
+            yield batch
+            if self.done:
+                return
+
+    def epochs(self):
+        """The epochs left: start_step .. total - 1 (an epoch loop's step is an epoch)."""
+        while not self.done:
+            yield self.step
+
+    def autocast(self):
+        """bf16 autocast on CUDA when amp is on; a no-op context elsewhere."""
+        import torch
+
+        device_type = getattr(self.device, "type", "cpu")
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp and device_type == "cuda")
+
+    def check_finite(self, loss) -> float:
+        """loss.item(), or TrainingDiverged naming the step, the last good state and the resume command."""
+        value = float(loss.item() if hasattr(loss, "item") else loss)
+        if not math.isfinite(value):
+            if self.folder.last.exists():
+                kept = (f"The last good checkpoint is {self.folder.last}: after a lower --lr, resume with "
+                        f"`{self.folder.resume_command()}`")
+            else:
+                kept = "No state was saved yet (none written yet); start again"
+            raise TrainingDiverged(f"{self.desc}: loss became {value} at {self.unit} {self.step + 1}; stopped. "
+                                   f"{kept}; try a lower --lr")
+        return value
+
+    def write(self, record: dict) -> None:
+        """A line of log.jsonl outside the step count (counts before training, validation scores)."""
+        self.log.write(record)
+
+    def step_done(self, record: dict | None = None, postfix: dict | None = None, log: bool = True) -> None:
+        """One step finished: count it, log `record` (keyed by the step), show `postfix` (default: the
+        record's loss), save last.pt when due, and raise RunInterrupted when a signal asked to stop."""
+        self.step += 1
+        record = record or {}
+        if log:
+            self.log.write({self.log_key: self.step, **record})
+        if postfix is None and "loss" in record:
+            postfix = {"loss": f"{record['loss']:.4f}"}
+        if postfix:
+            self.bar.set_postfix(postfix)
+        self.bar.update(1)
+        if self.stop.save_due(self.step % self.ckpt_every == 0 or self.step == self.total
+                              or self.step == self.stop_after):
+            self.save(self.folder.last, resumable=True)
+        self.stop.raise_if_requested(f"{self.unit} {self.step}")
+
+    def raise_if_stopping(self, where: str) -> None:
+        """Within a step (an epoch loop's batch): stop at once after a signal; the resume redoes the step
+        from the state saved at its start."""
+        if self.stop.requested:
+            self.stop.raise_if_requested(f"{where} (a resume restarts {self.unit} {self.step + 1} from the state "
+                                         f"saved at its start)")
+
+    def save(self, path, resumable: bool) -> None:
+        """The checkpoint of the loop at the current step: last.pt (resumable: optimizer and RNG states
+        too) or weights only (final.pt, snapshots)."""
+        from cpfs_bench.bench.checkpoint import save_checkpoint
+
+        parts = self.parts()
+        save_checkpoint(path, step=self.step, config=self.config,
+                        optimizer=self.optimizer.state_dict() if resumable and self.optimizer is not None else None,
+                        with_rng=resumable, **parts)
+
+    @property
+    def complete(self) -> bool:
+        return self.step >= self.total
+
+    def finish(self, plot_title: str | None = None, plot=None) -> bool:
+        """After the steps: when the run is complete write final.pt (also when a stop arrived between the
+        last step's last.pt and final.pt, so a resume has no step left) and, when steps ran, the loss
+        plot: `plot(log_path, png_path, title)` (default bench.curves.plot_loss_curve). True when complete."""
+        if not self.complete:
+            return False
+        if self.step > self.start_step or not self.folder.final.exists():
+            self.save(self.folder.final, resumable=False)
+        if self.step > self.start_step and plot_title is not None:
+            from cpfs_bench.bench.curves import plot_loss_curve
+
+            (plot or (lambda log, png, title: plot_loss_curve(log, png, key=self.log_key, title=title)))(
+                self.folder.log_path, self.folder.out / "loss.png", plot_title)
+        return True

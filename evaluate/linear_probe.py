@@ -94,7 +94,7 @@ def resolve_probe_config(cfg: ProbeConfig, explicit=()) -> tuple[ProbeConfig, di
     """(cfg with the data folder and the preset resolved, deviations from the protocol). The embedded
     world gets preset "smoke" unless one is named; `explicit` fields are never overridden."""
     if cfg.data is None:
-        from cpfs_bench.evaluate.default_data import default_imagenet_world
+        from cpfs_bench.bench.world.defaults import default_imagenet_world
 
         cfg = replace(cfg, data=str(default_imagenet_world()), preset=cfg.preset or "smoke")
     unknown = set(cfg.layers) - set(PROBE_LAYERS)
@@ -145,7 +145,7 @@ def evaluate_probes(trunk, probes, loader, layers, pooling, device, progress) ->
 def run(cfg: ProbeConfig, progress: bool = True, explicit=()) -> dict:
     """Train and evaluate the probes; append records; returns {layer: {top1, top5}} plus run info.
     `explicit`: the fields the user gave (a preset never overrides them)."""
-    from cpfs_bench.evaluate.default_data import describe_dataset
+    from cpfs_bench.bench.world.defaults import describe_dataset
     from cpfs_bench.results.plots import plot_linear_probes
     from cpfs_bench.results.store import append_records, default_store, make_record
 

@@ -221,7 +221,7 @@ def run(cfg: ProposalsConfig, progress: bool = True) -> dict[str, dict]:
 
     voc = cfg.voc
     if voc is None:
-        from cpfs_bench.evaluate.default_data import default_voc_world
+        from cpfs_bench.bench.world.defaults import default_voc_world
 
         voc = str(default_voc_world(progress=progress))
     out = {}

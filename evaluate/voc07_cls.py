@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import csv
 import math
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,30 +32,17 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
+from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint
 from cpfs_bench.bench.config import protocol_values, resolve, scale_lr_step
-from cpfs_bench.bench.runs import (
-    JsonlLog,
-    RunFolder,
-    StopRequests,
-    caffe_step_lr,
-    loader_workers,
-    progress_bar,
-    resolve_device,
-)
+from cpfs_bench.bench.runs import TrainingRun, caffe_step_lr, loader_workers, progress_bar
 from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.bench.voc_format import VOC_CLASSES
-from cpfs_bench.evaluate.backbone import (
-    default_method_name,
-    default_run_name,
-    evaluation_folder,
-    finetuned_source,
-    load_trunk,
-)
+from cpfs_bench.bench.world.defaults import default_voc_world
+from cpfs_bench.evaluate.backbone import finetuned_source
 from cpfs_bench.evaluate.datasets import voc_classification_labels, voc_image_path
+from cpfs_bench.evaluate.evaluation import prepare
 from cpfs_bench.evaluate.metrics import classification_ap
 from cpfs_bench.pretrain.alexnet import build_trunk
-from cpfs_bench.results.plots import plot_loss_curve
 
 PROTOCOL = "krahenbuhl16-voc07-cls"
 PROTOCOL_ITERS = 80000
@@ -102,16 +88,13 @@ class VOCClsConfig:
 
 
 def resolve_config(cfg: VOCClsConfig, explicit=()) -> tuple[VOCClsConfig, dict]:
-    """(cfg with the VOC folder, preset and lr step resolved, deviations from the protocol)."""
-    if cfg.voc is None:
-        from cpfs_bench.evaluate.default_data import default_voc_world
-
-        cfg = replace(cfg, voc=str(default_voc_world()), preset=cfg.preset or "smoke")
+    """(cfg with the preset and lr step resolved, deviations from the protocol); cfg.voc None = the embedded
+    world (preset smoke), written later by the evaluation entry."""
     if cfg.train_from not in TRAIN_FROM:
         raise ValueError(f"unknown --train-from {cfg.train_from!r}; choose from {TRAIN_FROM}")
     if not 0 < cfg.min_scale <= cfg.max_scale:
         raise ValueError(f"need 0 < min_scale <= max_scale, got {cfg.min_scale} and {cfg.max_scale}")
-    cfg, deviations = resolve(cfg, PRESETS, explicit, protocol_values(VOCClsConfig, PROTOCOL_FIELDS))
+    cfg, deviations = resolve(cfg, PRESETS, explicit, protocol_values(VOCClsConfig, PROTOCOL_FIELDS), ("voc",))
     return scale_lr_step(cfg, deviations, explicit, PROTOCOL_ITERS), deviations
 
 
@@ -248,80 +231,55 @@ def write_scores(path: Path, ids, scores: np.ndarray) -> None:
 
 
 def finetune(cfg: VOCClsConfig, trunk: nn.Module, info: dict, device, progress: bool,
-             stop_after: int | None = None) -> tuple[VOCClassifier, Path] | None:
-    """The fine-tuning loop in cfg.out (resumable); (model, run folder), or None when stopped early."""
+             stop_after: int | None = None) -> VOCClassifier | None:
+    """The fine-tuning loop in cfg.out (resumable); the model, or None when stopped early."""
     model = VOCClassifier(trunk).to(device)
     fixed = frozen_modules(trunk, cfg.train_from)
     for module in fixed:
         module.requires_grad_(False)
     optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    config = {**asdict(cfg), "trunk_sha256": info["sha256"]}
-    folder = RunFolder(cfg.out, "eval voc07-cls", config, cfg.resume, RESUME_MUST_MATCH)
-    augment = ScaleCropMirror(info["mean"], info["std"], cfg.min_scale, cfg.max_scale, cfg.crop)
-    train_set = VOCClassification(cfg.voc, "2007", "trainval", augment)
-    it = 0
-    if cfg.resume:
-        state = load_checkpoint(folder.last)
+    run = TrainingRun(cfg.out, "eval voc07-cls", {**asdict(cfg), "trunk_sha256": info["sha256"]},
+                      resume=cfg.resume, must_match=RESUME_MUST_MATCH, total=cfg.iters, unit="iteration",
+                      log_key="iter", desc="voc07-cls fine-tuning", device=device, progress=progress,
+                      ckpt_every=cfg.ckpt_every, save_minutes=cfg.save_minutes, stop_after=stop_after)
+    state = run.restore(optimizer)  # RNG too: dropout draws from the global one
+    if state:
         model.trunk.load_state_dict(state["trunk"])
         model.fc8.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])  # dropout draws from the global RNG
-        it = state["step"]
+    augment = ScaleCropMirror(info["mean"], info["std"], cfg.min_scale, cfg.max_scale, cfg.crop)
+    train_set = VOCClassification(cfg.voc, "2007", "trainval", augment)
     # batches by iteration, augmentation seeded per sample: a resumed run sees what the uninterrupted one would
-    sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, it, cfg.iters)
+    sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.seed, run.step, cfg.iters)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=loader_workers(cfg.workers, device),
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
     # (its own generator: creating the iterator would otherwise draw from the global RNG, which dropout uses)
     extra = {"normalization": {"mean": list(info["mean"]), "std": list(info["std"])}, "classes": list(VOC_CLASSES),
              "trunk_sha256": info["sha256"], "finetuned_from": info["path"], "finetuned_from_step": info["step"],
              "train_from": cfg.train_from}
-
-    def save(path, resumable: bool) -> None:
-        save_checkpoint(path, arch=info["arch"], trunk=model.trunk.state_dict(), head=model.fc8.state_dict(),
-                        loss="voc07-cls", step=it, config=config, optimizer=optimizer.state_dict() if resumable else None,
-                        with_rng=resumable, extra=extra)
-
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    log = JsonlLog(folder.log_path, resume_at=it if cfg.resume else None, key="iter")
     model.train()
     for module in fixed:  # frozen layers keep their BatchNorm statistics
         module.eval()
-    bar = progress_bar(total=cfg.iters, initial=it, desc="voc07-cls fine-tuning", unit="it", disable=not progress)
-    try:
-        with StopRequests(folder, cfg.save_minutes) as stop:
-            if it != stop_after:
-                for images, labels in loader:
-                    lr = step_lr(cfg, it)
-                    for g in optimizer.param_groups:
-                        g["lr"] = lr * g["lr_mult"]
-                    with amp:
-                        logits = model(images.to(device, non_blocking=True))
-                    loss = multilabel_loss(logits.float(), labels.to(device))
-                    if not math.isfinite(loss.item()):
-                        raise RuntimeError(f"loss became {loss.item()} at iteration {it + 1}; try a lower --lr")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(
-                        [p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad_norm)
-                    optimizer.step()
-                    it += 1
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
-                    log.write({"iter": it, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm)})
-                    if stop.save_due(it % cfg.ckpt_every == 0 or it == cfg.iters or it == stop_after):
-                        save(folder.last, resumable=True)
-                    stop.raise_if_requested(f"iteration {it}")
-                    if it == stop_after or it >= cfg.iters:
-                        break
-    finally:
-        bar.close()
-        log.close()
-    if it < cfg.iters:
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    with run.start(optimizer, lambda: dict(arch=info["arch"], trunk=model.trunk.state_dict(),
+                                           head=model.fc8.state_dict(), loss="voc07-cls", extra=extra)):
+        for images, labels in run.batches(loader):
+            lr = step_lr(cfg, run.step)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g["lr_mult"]
+            with run.autocast():
+                logits = model(images.to(device, non_blocking=True))
+            loss = multilabel_loss(logits.float(), labels.to(device))
+            value = run.check_finite(loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad_norm)
+            optimizer.step()
+            run.step_done({"loss": value, "lr": lr, "grad_norm": float(grad_norm)},
+                          postfix={"loss": f"{value:.3f}", "lr": f"{lr:.2g}"})
+    if not run.finish(plot_title=f"voc07-cls fine-tuning ({info['arch']})"):
         return None
-    save(folder.final, resumable=False)
-    plot_loss_curve(folder.log_path, folder.out / "loss.png", title=f"voc07-cls fine-tuning ({info['arch']})")
-    return model, folder.out
+    return model
 
 
 def load_finetuned(path, device) -> tuple[VOCClassifier, dict]:
@@ -342,58 +300,37 @@ def run(cfg: VOCClsConfig, progress: bool = True, explicit=(), stop_after: int |
     {"reference", "voc07", "reference_1crop"}, "ap": {metric: [20]}, "out", "model", "scores", "store",
     "method", "run", "deviations", "seconds", "voc", "test_crops", "iters"}, or {"out", "stopped_at"}
     when stop_after (iterations) left the run early, resumable, as a preempted job would."""
-    from cpfs_bench.evaluate.default_data import describe_dataset
-    from cpfs_bench.results.store import append_records, default_store, make_record
-
-    cfg, deviations = resolve_config(cfg, explicit)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    start = time.perf_counter()
-    if cfg.model:  # --eval-only: re-score a saved fine-tuned model
-        model, info = load_finetuned(cfg.model, device)
-        ckpt = info["path"]
-        out = Path(cfg.out) if cfg.out else Path(cfg.model).parent
-        out.mkdir(parents=True, exist_ok=True)
-        model_path = Path(cfg.model)
+    ev = prepare(cfg, kind="voc07-cls", task="voc07_cls", protocol=PROTOCOL, resolve_config=resolve_config,
+                 explicit=explicit, default_world=default_voc_world, progress=progress, trunk="trainable",
+                 load_model=load_finetuned)
+    cfg, device, info = ev.cfg, ev.device, ev.info
+    if ev.eval_only:  # re-score a saved fine-tuned model
+        model, model_path = ev.model, Path(cfg.model)
     else:
-        trunk, info = load_trunk(cfg.ckpt, device, frozen=False)
-        ckpt = cfg.ckpt
-        cfg = replace(cfg, out=cfg.out or str(evaluation_folder("voc07-cls", cfg.name or default_run_name(ckpt),
-                                                                 info["sha256"])))
-        done = finetune(cfg, trunk, info, device, progress, stop_after)
-        if done is None:
+        model = finetune(cfg, ev.trunk, info, device, progress, stop_after)
+        if model is None:
             return {"out": cfg.out, "stopped_at": stop_after}
-        model, out = done
-        model_path = out / "final.pt"
-    run_name = cfg.name or default_run_name(ckpt)
+        model_path = ev.out / "final.pt"
 
     augment = ScaleCropMirror(info["mean"], info["std"], cfg.min_scale, cfg.max_scale, cfg.crop)
     test_set = VOCClassification(cfg.voc, "2007", "test", augment, crops=cfg.test_crops, seed=cfg.seed)
     summed, first = test_scores(model, test_set, cfg.batch_size, device, loader_workers(cfg.workers, device), progress)
-    write_scores(out / "scores_test.csv", test_set.ids, summed)
+    write_scores(ev.out / "scores_test.csv", test_set.ids, summed)
     ap = {"reference": average_precisions(summed, test_set.labels, "sklearn"),
           "voc07": average_precisions(summed, test_set.labels, "voc07"),
           "reference_1crop": average_precisions(first, test_set.labels, "sklearn")}
     maps = {k: float(np.nanmean(v)) for k, v in ap.items()}
 
-    method = cfg.method or default_method_name(info, ckpt)
-    dataset = describe_dataset(cfg.voc, len(VOC_CLASSES), "test", len(test_set))
-    common = {"method": method, "run": run_name, "protocol": PROTOCOL, "deviations": deviations, "checkpoint": ckpt,
-             "checkpoint_sha256": info["sha256"], "checkpoint_step": info["step"], "dataset": cfg.voc,
-             "dataset_info": dataset, "split": "test"}
-    records = [make_record("voc07_cls", "mAP", maps["reference"], **common,
-                           extra={"ap_metric": "sklearn (reference code, score - 1e-5 x label)",
-                                  "test_crops": cfg.test_crops, "ap": _per_class(ap["reference"]),
-                                  "mAP_voc07_11pt": maps["voc07"], "mAP_1crop": maps["reference_1crop"],
-                                  "train_from": cfg.train_from, "run_folder": str(out), "model": str(model_path),
-                                  "arch": info["arch"]}),
-               make_record("voc07_cls", "mAP_voc07_11pt", maps["voc07"], **common,
-                           extra={"ap_metric": "devkit 11-point", "test_crops": cfg.test_crops,
-                                  "ap": _per_class(ap["voc07"])})]
-    records += [make_record("voc07_cls", f"AP_{c}", v, **common, extra={"ap_metric": "sklearn (reference code)"})
-                for c, v in _per_class(ap["reference"]).items() if v is not None]
-    store = Path(cfg.store) if cfg.store else default_store()
-    append_records(store, records)
-    return {"mAP": maps, "ap": ap, "out": str(out), "model": str(model_path), "scores": str(out / "scores_test.csv"),
-            "store": str(store), "method": method, "run": run_name, "deviations": deviations,
-            "seconds": time.perf_counter() - start, "voc": cfg.voc, "test_crops": cfg.test_crops, "iters": cfg.iters}
+    ev.test_set(cfg.voc, len(VOC_CLASSES), "test", len(test_set))
+    ev.record("mAP", maps["reference"], extra={
+        "ap_metric": "sklearn (reference code, score - 1e-5 x label)", "test_crops": cfg.test_crops,
+        "ap": _per_class(ap["reference"]), "mAP_voc07_11pt": maps["voc07"], "mAP_1crop": maps["reference_1crop"],
+        "train_from": cfg.train_from, "run_folder": str(ev.out), "model": str(model_path), "arch": info["arch"]})
+    ev.record("mAP_voc07_11pt", maps["voc07"], extra={"ap_metric": "devkit 11-point", "test_crops": cfg.test_crops,
+                                                      "ap": _per_class(ap["voc07"])})
+    for c, v in _per_class(ap["reference"]).items():
+        if v is not None:
+            ev.record(f"AP_{c}", v, extra={"ap_metric": "sklearn (reference code)"})
+    store = ev.write()
+    return ev.summary(mAP=maps, ap=ap, model=str(model_path), scores=str(ev.out / "scores_test.csv"),
+                      store=str(store), voc=cfg.voc, test_crops=cfg.test_crops, iters=cfg.iters)

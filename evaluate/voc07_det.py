@@ -77,7 +77,7 @@ from cpfs_bench.evaluate.faster_rcnn import BBOX_MEANS, BBOX_STDS, FasterRCNN
 from cpfs_bench.evaluate.metrics import detection_ap
 from cpfs_bench.evaluate.proposals import compute_proposals, load_proposals, proposals_name
 from cpfs_bench.pretrain.alexnet import build_trunk
-from cpfs_bench.results.plots import plot_loss_curve
+from cpfs_bench.bench.curves import plot_loss_curve
 
 PROTOCOL = "fast-rcnn-multiscale-voc07-det"
 PROTOCOL_ITERS = 150000
@@ -151,7 +151,7 @@ class VOCDetConfig:
 def resolve_config(cfg: VOCDetConfig, explicit=()) -> tuple[VOCDetConfig, dict]:
     """(cfg with the VOC folder, preset and lr step resolved, deviations from the protocol)."""
     if cfg.voc is None:
-        from cpfs_bench.evaluate.default_data import default_voc_world
+        from cpfs_bench.bench.world.defaults import default_voc_world
 
         cfg = replace(cfg, voc=str(default_voc_world()), preset=cfg.preset or "smoke")
     if cfg.train_from not in TRAIN_FROM:
@@ -609,7 +609,7 @@ def run(cfg: VOCDetConfig, progress: bool = True, explicit=(), stop_after: int |
     Returns {"mAP", "ap" {class: %}, "out", "model", "comp4", "store", "method", "run", "deviations",
     "seconds", "seconds_per_iter", "iters", "counts"}, or {"out", "stopped_at"} when stop_after left the
     run early, resumable."""
-    from cpfs_bench.evaluate.default_data import describe_dataset
+    from cpfs_bench.bench.world.defaults import describe_dataset
     from cpfs_bench.results.store import append_records, default_store, make_record
 
     cfg, deviations = resolve_config(cfg, explicit)

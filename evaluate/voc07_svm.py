@@ -421,12 +421,12 @@ def run(cfg: SVMConfig, progress: bool = True, explicit=()) -> dict:
         load_trunk,
         trunk_fingerprint,
     )
-    from cpfs_bench.evaluate.default_data import describe_dataset
+    from cpfs_bench.bench.world.defaults import describe_dataset
     from cpfs_bench.results.store import append_records, default_store, make_record
 
     start = time.perf_counter()
     if cfg.voc is None:
-        from cpfs_bench.evaluate.default_data import default_voc_world
+        from cpfs_bench.bench.world.defaults import default_voc_world
 
         voc = str(default_voc_world(progress=progress))
     else:

@@ -56,7 +56,7 @@ from cpfs_bench.evaluate.datasets import (
 from cpfs_bench.evaluate.fcn import FCN32s, segmentation_loss
 from cpfs_bench.evaluate.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
 from cpfs_bench.pretrain.alexnet import build_trunk
-from cpfs_bench.results.plots import plot_loss_curve
+from cpfs_bench.bench.curves import plot_loss_curve
 
 PROTOCOL = "long15-fcn32s-voc12-seg"
 CLASSES = ("background", *VOC_CLASSES)
@@ -102,7 +102,7 @@ class VOCSegConfig:
 def resolve_config(cfg: VOCSegConfig, explicit=()) -> tuple[VOCSegConfig, dict]:
     """(cfg with the data folders and the preset resolved, deviations from the protocol)."""
     if cfg.sbd is None or cfg.voc is None:
-        from cpfs_bench.evaluate.default_data import default_voc_world
+        from cpfs_bench.bench.world.defaults import default_voc_world
 
         world = str(default_voc_world())
         cfg = replace(cfg, sbd=cfg.sbd or world, voc=cfg.voc or world, preset=cfg.preset or "smoke")
@@ -303,7 +303,7 @@ def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int |
     """Train FCN-32s (or, with cfg.model, load a trained one), test, append records. Returns {"mIoU",
     "pixel_accuracy", "iou" {class: %}, "out", "model", "predictions", "store", "method", "run", "deviations",
     "seconds", "iters"}, or {"out", "stopped_at"} when stop_after (updates) left the run early, resumable."""
-    from cpfs_bench.evaluate.default_data import describe_dataset
+    from cpfs_bench.bench.world.defaults import describe_dataset
     from cpfs_bench.results.store import append_records, default_store, make_record
 
     cfg, deviations = resolve_config(cfg, explicit)

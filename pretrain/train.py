@@ -26,7 +26,7 @@ from cpfs_bench.bench.runs import (
 )
 from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.pretrain.alexnet import ARCHITECTURES, build_trunk
-from cpfs_bench.pretrain.curves import plot_training_log
+from cpfs_bench.bench.curves import plot_training_log
 from cpfs_bench.pretrain.data import FlowFrames
 from cpfs_bench.pretrain.head import SOURCES, HypercolumnHead, sample_pixel_positions
 from cpfs_bench.pretrain.losses import (

@@ -89,33 +89,3 @@ def plot_linear_probes(records: Iterable[Mapping], png_path: str | os.PathLike, 
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, format="png")
     return png_path
-
-
-def plot_loss_curve(log_path: str | os.PathLike, png_path: str | os.PathLike, key: str = "iter",
-                    value: str = "loss", title: str = "") -> Path:
-    """A fine-tuning log (JSON lines with `key` and `value`) -> PNG of the loss per iteration, raw and
-    as a moving mean over ~1/20 of the run."""
-    import json
-
-    import numpy as np
-
-    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if key in r and value in r]
-    x = np.array([r[key] for r in rows], float)
-    y = np.array([r[value] for r in rows], float)
-    fig = Figure(figsize=(6, 3.5), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(x, y, color="0.7", lw=0.8, label=value)
-    window = max(1, len(y) // 20)
-    if len(y) >= window:
-        ax.plot(x[window - 1:], np.convolve(y, np.ones(window) / window, mode="valid"), color="C0", lw=2,
-                label=f"mean of {window}")
-    ax.set_xlabel(key)
-    ax.set_ylabel(value)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png_path)
-    return Path(png_path)

@@ -108,7 +108,7 @@ def test_ladder_supervised_above_cpfs_above_random(ladder_checkpoints):
     top-1 66.7, appearance-only 5.6 (chance 5.0). The three checkpoints and these probes take about 23
     CPU-minutes per core (49 min wall while another job shared the 2 cores), so the ladder tests are
     marked `ladder`: left out of the default run and run by .ci/run after the suite."""
-    from cpfs_bench.evaluate.default_data import default_imagenet_world
+    from cpfs_bench.bench.world.defaults import default_imagenet_world
     from cpfs_bench.evaluate.linear_probe import ProbeConfig
     from cpfs_bench.evaluate.linear_probe import run as probe
 

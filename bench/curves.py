@@ -1,6 +1,7 @@
-"""Training curves: log.jsonl of a pretraining run -> a PNG of the loss (raw and smoothed; for the CE
-losses also the KL to their target, which is what moves), the embeddings' mean pairwise cosine
-(collapse shows as a climb to 1) and sigma."""
+"""Training curves, for every loop (bench.runs.TrainingRun draws them at a run's end):
+- `plot_loss_curve`: a log.jsonl's loss per step, raw and as a moving mean;
+- `plot_training_log`: a pretraining run's loss (for the CE losses also the KL to their target, which
+  is what moves), the embeddings' mean pairwise cosine (collapse shows as a climb to 1) and sigma."""
 from __future__ import annotations
 
 import json
@@ -51,3 +52,32 @@ def plot_training_log(log_path, png_path, title: str = "") -> Path:
     png_path = Path(png_path)
     fig.savefig(png_path)
     return png_path
+
+
+def plot_loss_curve(log_path: str | Path, png_path: str | Path, key: str = "iter",
+                    value: str = "loss", title: str = "") -> Path:
+    """A fine-tuning log (JSON lines with `key` and `value`) -> PNG of the loss per iteration, raw and
+    as a moving mean over ~1/20 of the run."""
+    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if key in r and value in r]
+    x = np.array([r[key] for r in rows], float)
+    y = np.array([r[value] for r in rows], float)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(x, y, color="0.7", lw=0.8, label=value)
+    window = max(1, len(y) // 20)
+    if len(y) >= window:
+        ax.plot(x[window - 1:], np.convolve(y, np.ones(window) / window, mode="valid"), color="C0", lw=2,
+                label=f"mean of {window}")
+    ax.set_xlabel(key)
+    ax.set_ylabel(value)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path)
+    return Path(png_path)
