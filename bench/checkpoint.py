@@ -101,8 +101,10 @@ def torch_load(path, map_location="cpu"):
             f"torch.save(model)); cpfs-bench never unpickles code. Save the weights instead: "
             f"torch.save(model.state_dict(), path) [{str(e).splitlines()[0][:120]}]") from None
     except Exception as e:
-        raise CheckpointError(f"{path}: could not be read as a PyTorch checkpoint (truncated or corrupt?): "
-                              f"{type(e).__name__}: {e}") from None
+        # one line: torch's own text for a cut file is a paragraph about miniz
+        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: could not be read as a PyTorch checkpoint (truncated or corrupt? "
+                              f"{path.stat().st_size:,} bytes): {reason}") from None
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

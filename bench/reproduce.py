@@ -31,13 +31,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cpfs_bench.bench.files import atomic_write_json
+from cpfs_bench.bench.losses import LOSSES
+from cpfs_bench.bench.registry import DATA_OPTIONS
+from cpfs_bench.bench.registry import EVALUATIONS as EVALUATION_SPECS
 from cpfs_bench.bench.runs import RunInterrupted, progress_bar
 
 PRESETS = ("smoke", "default", "paper")
-CPFS_LOSSES = ("kta", "ce", "ce-rev", "direct-cls")
+CPFS_LOSSES = LOSSES
 BASELINES = ("random", "random-rescaled", "supervised")
 METHODS = CPFS_LOSSES + BASELINES
-EVALUATIONS = ("linear-probe", "voc07-svm", "voc07-cls", "voc07-det", "voc12-seg")
+EVALUATIONS = tuple(spec.command for spec in EVALUATION_SPECS)
 # smoke: every command at toy scale on the tiny worlds written into OUT/data
 SMOKE_FLAGS = {
     "pretrain": ["--iters", "10", "--batch-size", "2", "--pixels", "64"],
@@ -194,21 +197,21 @@ def plan(cfg: ReproduceConfig) -> list[Step]:
         checkpoints["supervised"] = (folder / "final.pt", "supervised")
 
     # evaluations
-    data_args = {"linear-probe": ["--data", imagenet] if imagenet else [],
-                 "voc07-svm": ["--voc", voc] if voc else [], "voc07-cls": ["--voc", voc] if voc else [],
-                 "voc07-det": ["--voc", voc] if voc else [],
-                 "voc12-seg": ["--sbd", sbd, "--voc", voc] if voc else []}
+    folders = {"voc": voc, "sbd": sbd, "imagenet": imagenet}
     for method, (ckpt, maker) in checkpoints.items():
-        for evaluation in EVALUATIONS:
+        for spec in EVALUATION_SPECS:
+            evaluation = spec.command
             name = f"{evaluation}-{method}"
             store = records / f"{name}.jsonl"
-            argv = ["eval", evaluation, "--ckpt", ckpt, "--name", method, "--store", store, *data_args[evaluation]]
+            argv = ["eval", evaluation, "--ckpt", ckpt, "--name", method, "--store", store]
+            if all(folders[d] for d in spec.data):  # else the embedded world
+                argv += [a for d in spec.data for a in (DATA_OPTIONS[d], folders[d])]
             folder = None
-            if evaluation == "voc07-svm":
-                argv += ["--cache", out / "cache" / "features"]
-            else:
+            if spec.folder:
                 folder = runs / name
                 argv += ["--out", folder]
+            else:  # the SVMs keep no run folder but a feature cache
+                argv += ["--cache", out / "cache" / "features"]
             argv += SMOKE_FLAGS[evaluation] if smoke else []
             add(name, argv, evaluation, (maker, *data_steps), folder, store, output=store)
     for loss in [m for m in CPFS_LOSSES if m in cfg.methods]:

@@ -8,6 +8,7 @@ import torch
 
 from cpfs_bench.bench.checkpoint import FORMAT, MEAN, STD, CheckpointError, torch_load, validate_checkpoint
 from cpfs_bench.bench.files import sha256_file
+from cpfs_bench.bench.losses import LOSS_SPECS
 from cpfs_bench.pretrain.alexnet import build_trunk
 
 
@@ -131,9 +132,6 @@ def assert_trunk_unchanged(trunk: torch.nn.Module, fingerprint: dict[str, torch.
                            " -- the evaluation is invalid")
 
 
-LOSS_METHOD_NAMES = {"kta": "CPFS-KTA", "ce": "CPFS-CE", "ce-rev": "CPFS-CE-rev", "direct-cls": "CPFS direct cls"}
-
-
 def default_run_name(path) -> str:
     """The table row of an evaluated checkpoint when --name is not given: the run folder for the
     files a run writes (runs/pretrain-kta/final.pt -> "pretrain-kta"), else the file's stem."""
@@ -153,4 +151,6 @@ def default_method_name(info: dict, path) -> str:
     """The table row name for a checkpoint: CPFS-<loss> for our pretraining losses, else the loss
     (baseline) name or the file's stem."""
     loss = info.get("loss")
-    return LOSS_METHOD_NAMES.get(loss, loss or Path(path).stem)
+    if loss in LOSS_SPECS:
+        return LOSS_SPECS[loss].method
+    return loss or Path(path).stem

@@ -50,6 +50,8 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from cpfs_bench.bench.registry import EVALUATIONS, table_columns
+
 FORMATS = ("table", "md", "latex", "csv")
 TEXT_COLUMNS = ("source", "block", "method", "run", "supervision", "ref")
 HEADERS = {"source": "Source", "block": "Block", "method": "Method", "run": "Run", "supervision": "Supervision",
@@ -62,17 +64,12 @@ TITLES = {
     2: "Table 2: ImageNet linear probes, top-1 % per layer",
     "svm": "VOC07 linear SVMs per layer (Goyal et al. 2019), test %mAP (not in the paper)",
 }
-#: table -> {column: (task, metric, layer)}
-COLUMNS: dict = {
-    1: {"Cls.": ("voc07_cls", "mAP", None), "Det.": ("voc07_det", "mAP", None), "Seg.": ("voc12_seg", "mIoU", None)},
-    2: {f"conv{i}": ("imagenet_linear", "top1", f"conv{i}") for i in range(1, 6)},
-    "svm": {f"conv{i}": ("voc07_svm", "mAP", f"conv{i}") for i in range(1, 6)},
-}
+#: table -> {column: (task, metric, layer)}, from the one table of evaluations (bench/registry.py)
+COLUMNS: dict = table_columns()
 #: the evaluation sets of the paper's numbers: (split, classes, images). A cell of ours sits in the
 #: paper's block only when its dataset_info matches; anything else (the embedded world, a subset)
 #: gets a block of its own, titled with its dataset.
-PAPER_DATASETS = {"imagenet_linear": ("val", 1000, 50_000), "voc07_cls": ("test", 20, 4952),
-                  "voc07_det": ("test", 20, 4952), "voc07_svm": ("test", 20, 4952), "voc12_seg": ("val", 21, 736)}
+PAPER_DATASETS = {spec.task: spec.paper_dataset for spec in EVALUATIONS}
 
 
 def load_paper_tables() -> pd.DataFrame:
