@@ -239,6 +239,7 @@ class TrainingRun:
         self.ckpt_every, self.save_minutes, self.stop_after = ckpt_every, save_minutes, stop_after
         self.step = 0
         self.start_step = 0
+        self.saved_step: int | None = None  # the step last.pt holds (restored or written by this run)
         self.optimizer = None
         self.parts = None
         self.log = self.bar = self.stop = None
@@ -259,7 +260,7 @@ class TrainingRun:
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-        self.step = self.start_step = state["step"]
+        self.step = self.start_step = self.saved_step = state["step"]
         return state
 
     def start(self, optimizer, parts):
@@ -314,7 +315,8 @@ class TrainingRun:
         value = float(loss.item() if hasattr(loss, "item") else loss)
         if not math.isfinite(value):
             if self.folder.last.exists():
-                kept = (f"The last good checkpoint is {self.folder.last}: after a lower --lr, resume with "
+                at = f", {self.unit} {self.saved_step}," if self.saved_step is not None else ""
+                kept = (f"The last good checkpoint{at} is {self.folder.last}: after a lower --lr, resume with "
                         f"`{self.folder.resume_command()}`")
             else:
                 kept = "No state was saved yet (none written yet); start again"
@@ -359,15 +361,18 @@ class TrainingRun:
         save_checkpoint(path, step=self.step, config=self.config,
                         optimizer=self.optimizer.state_dict() if resumable and self.optimizer is not None else None,
                         with_rng=resumable, **parts)
+        if resumable and Path(path) == self.folder.last:
+            self.saved_step = self.step
 
     @property
     def complete(self) -> bool:
         return self.step >= self.total
 
-    def finish(self, plot_title: str | None = None, plot=None) -> bool:
+    def finish(self, plot_title: str | None = None, plot=None, plot_value: str = "loss") -> bool:
         """After the steps: when the run is complete write final.pt (also when a stop arrived between the
         last step's last.pt and final.pt, so a resume has no step left) and, when steps ran, the loss
-        plot: `plot(log_path, png_path, title)` (default bench.curves.plot_loss_curve). True when complete."""
+        plot: `plot(log_path, png_path, title)` (default bench.curves.plot_loss_curve of the log's
+        `plot_value`). True when complete."""
         if not self.complete:
             return False
         if self.step > self.start_step or not self.folder.final.exists():
@@ -375,6 +380,7 @@ class TrainingRun:
         if self.step > self.start_step and plot_title is not None:
             from cpfs_bench.bench.curves import plot_loss_curve
 
-            (plot or (lambda log, png, title: plot_loss_curve(log, png, key=self.log_key, title=title)))(
+            (plot or (lambda log, png, title: plot_loss_curve(log, png, key=self.log_key, value=plot_value,
+                                                              title=title)))(
                 self.folder.log_path, self.folder.out / "loss.png", plot_title)
         return True

@@ -100,6 +100,7 @@ def prepare(cfg, *, kind: str, task: str, protocol: str, resolve_config: Callabl
     task builds its model and moves it); load_model(path, device) -> (model, info) for --model
     (cfg.model). Then the checkpoint is validated, the default world written when a data field is
     None, and the preset line printed (when progress)."""
+    started = time.perf_counter()
     cfg, deviations = resolve_config(cfg, explicit)
     device = resolve_device(cfg.device)
     import torch
@@ -136,4 +137,4 @@ def prepare(cfg, *, kind: str, task: str, protocol: str, resolve_config: Callabl
             cfg = replace(cfg, out=str(out))
     return Evaluation(kind=kind, task=task, protocol=protocol, cfg=cfg, deviations=deviations, device=device,
                       info=info, checkpoint=checkpoint, run_name=run_name, method=method, out=out, trunk=loaded,
-                      model=model)
+                      model=model, started=started)

@@ -40,27 +40,13 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 
-from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
+from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint
 from cpfs_bench.bench.config import protocol_values, resolve, scale_lr_step
-from cpfs_bench.bench.runs import (
-    JsonlLog,
-    RunFolder,
-    StopRequests,
-    caffe_step_lr,
-    loader_workers,
-    progress_bar,
-    resolve_device,
-)
+from cpfs_bench.bench.runs import TrainingRun, caffe_step_lr, loader_workers, progress_bar
 from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.bench.voc_format import VOC_CLASSES
-from cpfs_bench.evaluate.backbone import (
-    batchnorm_on_running_statistics,
-    default_method_name,
-    default_run_name,
-    evaluation_folder,
-    finetuned_source,
-    load_trunk,
-)
+from cpfs_bench.bench.world.defaults import default_voc_world
+from cpfs_bench.evaluate.backbone import batchnorm_on_running_statistics, finetuned_source
 from cpfs_bench.evaluate.boxes import (
     apply_deltas,
     box_iou,
@@ -72,12 +58,12 @@ from cpfs_bench.evaluate.boxes import (
     valid_boxes,
 )
 from cpfs_bench.evaluate.datasets import read_id_list, voc_detection_annotations, voc_image_path, voc_year_dir
+from cpfs_bench.evaluate.evaluation import prepare
 from cpfs_bench.evaluate.fast_rcnn import ROI_MAPPINGS, FastRCNN, fast_rcnn_loss, nms, sample_rois
 from cpfs_bench.evaluate.faster_rcnn import BBOX_MEANS, BBOX_STDS, FasterRCNN
 from cpfs_bench.evaluate.metrics import detection_ap
 from cpfs_bench.evaluate.proposals import compute_proposals, load_proposals, proposals_name
 from cpfs_bench.pretrain.alexnet import build_trunk
-from cpfs_bench.bench.curves import plot_loss_curve
 
 PROTOCOL = "fast-rcnn-multiscale-voc07-det"
 PROTOCOL_ITERS = 150000
@@ -149,11 +135,8 @@ class VOCDetConfig:
 
 
 def resolve_config(cfg: VOCDetConfig, explicit=()) -> tuple[VOCDetConfig, dict]:
-    """(cfg with the VOC folder, preset and lr step resolved, deviations from the protocol)."""
-    if cfg.voc is None:
-        from cpfs_bench.bench.world.defaults import default_voc_world
-
-        cfg = replace(cfg, voc=str(default_voc_world()), preset=cfg.preset or "smoke")
+    """(cfg with the preset and lr step resolved, deviations from the protocol); cfg.voc None = the embedded
+    world (preset smoke), written later by the evaluation entry."""
     if cfg.train_from not in TRAIN_FROM:
         raise ValueError(f"unknown --train-from {cfg.train_from!r}; choose from {TRAIN_FROM}")
     if cfg.roi_mapping not in ROI_MAPPINGS:
@@ -162,7 +145,7 @@ def resolve_config(cfg: VOCDetConfig, explicit=()) -> tuple[VOCDetConfig, dict]:
         raise ValueError(f"unknown bn_mode {cfg.bn_mode!r}; choose eval or train")
     cfg = replace(cfg, train_scales=tuple(int(s) for s in cfg.train_scales))
     protocol = {**protocol_values(VOCDetConfig, PROTOCOL_FIELDS), "roi_mapping": PROTOCOL_ROI_MAPPING}
-    cfg, deviations = resolve(cfg, PRESETS, explicit, protocol)
+    cfg, deviations = resolve(cfg, PRESETS, explicit, protocol, ("voc",))
     if cfg.proposals == RPN:
         deviations["proposals"] = RPN_DEVIATION
     return scale_lr_step(cfg, deviations, explicit, PROTOCOL_ITERS), deviations
@@ -402,23 +385,20 @@ def training_losses(model: FastRCNN, batch, cfg: VOCDetConfig, device, it: int) 
 
 
 def train(cfg: VOCDetConfig, model: FastRCNN, info: dict, data: DetectionMinibatches | DetectionImages, counts: dict,
-          means: np.ndarray, stds: np.ndarray, device,
-          progress: bool, stop_after: int | None = None) -> Path | None:
-    """The training loop in cfg.out (resumable); the run folder, or None when stopped early."""
+          means: np.ndarray, stds: np.ndarray, device, progress: bool, stop_after: int | None = None) -> bool:
+    """The training loop in cfg.out (resumable); True when complete, False when stopped early."""
     if cfg.train_from == "conv2":
         model.trunk.conv1.requires_grad_(False)
     optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum)
-    config = {**asdict(cfg), "trunk_sha256": info["sha256"]}
-    folder = RunFolder(cfg.out, "eval voc07-det", config, cfg.resume, RESUME_MUST_MATCH)
-    it = 0
-    if cfg.resume:
-        state = load_checkpoint(folder.last)
+    run = TrainingRun(cfg.out, "eval voc07-det", {**asdict(cfg), "trunk_sha256": info["sha256"]},
+                      resume=cfg.resume, must_match=RESUME_MUST_MATCH, total=cfg.iters, unit="iteration",
+                      log_key="iter", desc="voc07-det Fast R-CNN", device=device, progress=progress,
+                      ckpt_every=cfg.ckpt_every, save_minutes=cfg.save_minutes, stop_after=stop_after)
+    state = run.restore(optimizer)  # RNG too: dropout draws from the global one
+    if state:
         model.trunk.load_state_dict(state["trunk"])
         model.load_state_dict({**model.state_dict(), **state["head"]})
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])  # dropout draws from the global RNG
-        it = state["step"]
-    sampler = StepBatchSampler(len(data), cfg.images_per_batch, cfg.seed, it, cfg.iters)
+    sampler = StepBatchSampler(len(data), cfg.images_per_batch, cfg.seed, run.step, cfg.iters)
     loader = DataLoader(data, batch_sampler=sampler,
                         collate_fn=collate_images if isinstance(model, FasterRCNN) else collate_minibatch,
                         num_workers=loader_workers(cfg.workers, device), pin_memory=device.type == "cuda",
@@ -428,52 +408,31 @@ def train(cfg: VOCDetConfig, model: FastRCNN, info: dict, data: DetectionMinibat
              "bbox_means": means.tolist(), "bbox_stds": stds.tolist(), "roidb_counts": counts,
              "roi_mapping": cfg.roi_mapping, "proposals": cfg.proposals or f"selective-search-{cfg.proposal_mode}"}
 
-    def save(path, resumable: bool) -> None:
+    def parts() -> dict:
         head = {k: v for k, v in model.state_dict().items() if not k.startswith("trunk.")}
-        save_checkpoint(path, arch=info["arch"], trunk=model.trunk.state_dict(), head=head, loss="voc07-det-fast-rcnn",
-                        step=it, config=config, optimizer=optimizer.state_dict() if resumable else None,
-                        with_rng=resumable, extra=extra)
+        return {"arch": info["arch"], "trunk": model.trunk.state_dict(), "head": head, "loss": "voc07-det-fast-rcnn",
+                "extra": extra}
 
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    log = JsonlLog(folder.log_path, resume_at=it if cfg.resume else None, key="iter")
-    if not cfg.resume:
-        log.write({"iter": 0, **counts, "training_images": len(data)})
     set_modes(model, cfg)
-    bar = progress_bar(total=cfg.iters, initial=it, desc="voc07-det Fast R-CNN", unit="it", disable=not progress)
-    try:
-        with StopRequests(folder, cfg.save_minutes) as stop:
-            if it != stop_after:
-                for batch in loader:
-                    lr = caffe_step_lr(cfg.lr, cfg.lr_gamma, cfg.lr_step, it)
-                    for g in optimizer.param_groups:
-                        g["lr"] = lr * g["lr_mult"]
-                    with amp:
-                        losses, labels = training_losses(model, batch, cfg, device, it)
-                    loss = sum(losses.values())
-                    if not math.isfinite(loss.item()):
-                        raise RuntimeError(f"loss became {loss.item()} at iteration {it + 1}; try a lower --lr")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    it += 1
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
-                    log.write({"iter": it, "loss": loss.item(), **{k: v.item() for k, v in losses.items()}, "lr": lr,
-                               "foreground": int((labels > 0).sum()), "rois": len(labels)})
-                    if stop.save_due(it % cfg.ckpt_every == 0 or it == cfg.iters or it == stop_after):
-                        save(folder.last, resumable=True)
-                    stop.raise_if_requested(f"iteration {it}")
-                    if it == stop_after or it >= cfg.iters:
-                        break
-    finally:
-        bar.close()
-        log.close()
-    if it < cfg.iters:
-        return None
-    save(folder.final, resumable=False)
+    with run.start(optimizer, parts):
+        if state is None:
+            run.write({"iter": 0, **counts, "training_images": len(data)})
+        for batch in run.batches(loader):
+            lr = caffe_step_lr(cfg.lr, cfg.lr_gamma, cfg.lr_step, run.step)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g["lr_mult"]
+            with run.autocast():
+                losses, labels = training_losses(model, batch, cfg, device, run.step)
+            loss = sum(losses.values())
+            value = run.check_finite(loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            run.step_done({"loss": value, **{k: v.item() for k, v in losses.items()}, "lr": lr,
+                           "foreground": int((labels > 0).sum()), "rois": len(labels)},
+                          postfix={"loss": f"{value:.3f}", "lr": f"{lr:.2g}"})
     kind = "Faster R-CNN" if isinstance(model, FasterRCNN) else "Fast R-CNN"
-    plot_loss_curve(folder.log_path, folder.out / "loss.png", title=f"voc07-det {kind} ({info['arch']})")
-    return folder.out
+    return run.finish(plot_title=f"voc07-det {kind} ({info['arch']})")
 
 
 @torch.no_grad()
@@ -609,35 +568,31 @@ def run(cfg: VOCDetConfig, progress: bool = True, explicit=(), stop_after: int |
     Returns {"mAP", "ap" {class: %}, "out", "model", "comp4", "store", "method", "run", "deviations",
     "seconds", "seconds_per_iter", "iters", "counts"}, or {"out", "stopped_at"} when stop_after left the
     run early, resumable."""
-    from cpfs_bench.bench.world.defaults import describe_dataset
-    from cpfs_bench.results.store import append_records, default_store, make_record
+    trained = {}  # the extra of the --model checkpoint
 
-    cfg, deviations = resolve_config(cfg, explicit)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    start = time.perf_counter()
+    def load_model(path, device):
+        model, info, trained["extra"] = load_trained(path, device)
+        return model, info
+
+    ev = prepare(cfg, kind="voc07-det", task="voc07_det", protocol=PROTOCOL, resolve_config=resolve_config,
+                 explicit=explicit, default_world=default_voc_world, progress=progress, trunk="trainable",
+                 load_model=load_model)
+    cfg, device, info = ev.cfg, ev.device, ev.info
     counts, seconds_per_iter = {}, None
-    if cfg.model:  # --eval-only
-        model, info, extra = load_trained(cfg.model, device)
+    if ev.eval_only:
+        model, extra = ev.model, trained["extra"]
         if cfg.proposals == RPN and not isinstance(model, FasterRCNN):
             raise ValueError(f"{cfg.model}: trained with proposals {extra.get('proposals')!r}, it has no RPN to "
                              f"propose with; give --proposals a folder, or leave it out for selective search")
         if isinstance(model, FasterRCNN) and cfg.proposals is None:
             cfg = replace(cfg, proposals=RPN)
-            deviations["proposals"] = RPN_DEVIATION
+            ev.deviations["proposals"] = RPN_DEVIATION
         means, stds = np.array(extra["bbox_means"]), np.array(extra["bbox_stds"])
         counts = extra.get("roidb_counts", {})
-        ckpt = info["path"]
-        out = Path(cfg.out) if cfg.out else Path(cfg.model).parent
-        out.mkdir(parents=True, exist_ok=True)
         model_path = Path(cfg.model)
     else:
-        trunk, info = load_trunk(cfg.ckpt, device, frozen=False)
-        ckpt = cfg.ckpt
         detector = FasterRCNN if cfg.proposals == RPN else FastRCNN
-        model = detector(trunk, roi_mapping=cfg.roi_mapping).to(device)
-        cfg = replace(cfg, out=cfg.out or str(evaluation_folder("voc07-det", cfg.name or default_run_name(ckpt),
-                                                                 info["sha256"])))
+        model = detector(ev.trunk, roi_mapping=cfg.roi_mapping).to(device)
         ids = split_ids(cfg.voc, "trainval", cfg.train_images)
         if cfg.proposals == RPN:
             proposals = [np.zeros((0, 4))] * len(ids)
@@ -655,13 +610,12 @@ def run(cfg: VOCDetConfig, progress: bool = True, explicit=(), stop_after: int |
             means, stds = target_statistics(entries, cfg.bbox_thresh)
             data = DetectionMinibatches(entries, means, stds, cfg, info["mean"], info["std"])
         train_start = time.perf_counter()
-        out = train(cfg, model, info, data, counts, means, stds, device, progress, stop_after)
-        if out is None:
+        if not train(cfg, model, info, data, counts, means, stds, device, progress, stop_after):
             return {"out": cfg.out, "stopped_at": stop_after}
         seconds_per_iter = (time.perf_counter() - train_start) / cfg.iters
-        model_path = out / "final.pt"
-    run_name = cfg.name or default_run_name(ckpt)
+        model_path = ev.out / "final.pt"
 
+    out = ev.out
     test_ids = split_ids(cfg.voc, "test", cfg.test_images)
     if cfg.proposals == RPN:
         test_proposals, proposal_file = [None] * len(test_ids), RPN
@@ -686,23 +640,16 @@ def run(cfg: VOCDetConfig, progress: bool = True, explicit=(), stop_after: int |
     valid = [v for v in ap.values() if not math.isnan(v)]
     mean_ap = float(np.mean(valid)) if valid else float("nan")
 
-    method = cfg.method or default_method_name(info, ckpt)
-    dataset = describe_dataset(cfg.voc, len(VOC_CLASSES), "test", len(test_ids))
-    common = {"method": method, "run": run_name, "protocol": PROTOCOL, "deviations": deviations, "checkpoint": ckpt,
-              "checkpoint_sha256": info["sha256"], "checkpoint_step": info["step"], "dataset": cfg.voc,
-              "dataset_info": dataset, "split": "test"}
+    ev.test_set(cfg.voc, len(VOC_CLASSES), "test", len(test_ids))
     per_class = {c: None if math.isnan(v) else v for c, v in ap.items()}
-    records = [make_record("voc07_det", "mAP", mean_ap, **common,
-                           extra={"ap_metric": "devkit VOC07 11-point, IoU > 0.5, from the comp4 files",
-                                  "ap": per_class, "comp4": str(comp4), "run_folder": str(out),
-                                  "model": str(model_path), "arch": info["arch"], "test_proposals": proposal_file,
-                                  "roidb_counts": counts,
-                                  "train_from": cfg.train_from, "roi_mapping": cfg.roi_mapping})]
-    records += [make_record("voc07_det", f"AP_{c}", v, **common, extra={"ap_metric": "devkit VOC07 11-point"})
-                for c, v in per_class.items() if v is not None]
-    store = Path(cfg.store) if cfg.store else default_store()
-    append_records(store, records)
-    return {"mAP": mean_ap, "ap": ap, "out": str(out), "model": str(model_path), "comp4": str(comp4),
-            "store": str(store), "method": method, "run": run_name, "deviations": deviations,
-            "seconds": time.perf_counter() - start, "seconds_per_iter": seconds_per_iter, "iters": cfg.iters,
-            "counts": counts}
+    ev.record("mAP", mean_ap, extra={"ap_metric": "devkit VOC07 11-point, IoU > 0.5, from the comp4 files",
+                                     "ap": per_class, "comp4": str(comp4), "run_folder": str(out),
+                                     "model": str(model_path), "arch": info["arch"], "test_proposals": proposal_file,
+                                     "roidb_counts": counts, "train_from": cfg.train_from,
+                                     "roi_mapping": cfg.roi_mapping})
+    for c, v in per_class.items():
+        if v is not None:
+            ev.record(f"AP_{c}", v, extra={"ap_metric": "devkit VOC07 11-point"})
+    store = ev.write()
+    return ev.summary(mAP=mean_ap, ap=ap, model=str(model_path), comp4=str(comp4), store=str(store),
+                      seconds_per_iter=seconds_per_iter, iters=cfg.iters, counts=counts)

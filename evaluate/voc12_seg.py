@@ -21,8 +21,7 @@ mode; with one image per forward, batch statistics are per image), recorded.
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +29,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
+from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint
 from cpfs_bench.bench.config import protocol_values, resolve
-from cpfs_bench.bench.runs import JsonlLog, RunFolder, StopRequests, loader_workers, progress_bar, resolve_device
+from cpfs_bench.bench.runs import TrainingRun, loader_workers, progress_bar
 from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette
-from cpfs_bench.evaluate.backbone import (
-    batchnorm_on_running_statistics,
-    default_method_name,
-    default_run_name,
-    evaluation_folder,
-    finetuned_source,
-    load_trunk,
-)
+from cpfs_bench.bench.world.defaults import default_voc_world
+from cpfs_bench.evaluate.backbone import batchnorm_on_running_statistics, finetuned_source
 from cpfs_bench.evaluate.datasets import (
     DatasetFormatError,
     read_sbd_segmentation,
@@ -53,10 +46,10 @@ from cpfs_bench.evaluate.datasets import (
     voc_segmentation_ids,
     voc_year_dir,
 )
+from cpfs_bench.evaluate.evaluation import prepare
 from cpfs_bench.evaluate.fcn import FCN32s, segmentation_loss
 from cpfs_bench.evaluate.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
 from cpfs_bench.pretrain.alexnet import build_trunk
-from cpfs_bench.bench.curves import plot_loss_curve
 
 PROTOCOL = "long15-fcn32s-voc12-seg"
 CLASSES = ("background", *VOC_CLASSES)
@@ -100,18 +93,14 @@ class VOCSegConfig:
 
 
 def resolve_config(cfg: VOCSegConfig, explicit=()) -> tuple[VOCSegConfig, dict]:
-    """(cfg with the data folders and the preset resolved, deviations from the protocol)."""
-    if cfg.sbd is None or cfg.voc is None:
-        from cpfs_bench.bench.world.defaults import default_voc_world
-
-        world = str(default_voc_world())
-        cfg = replace(cfg, sbd=cfg.sbd or world, voc=cfg.voc or world, preset=cfg.preset or "smoke")
+    """(cfg with the preset resolved, deviations from the protocol); a None data folder (cfg.sbd, cfg.voc) = the
+    embedded world (preset smoke), written later by the evaluation entry."""
     if cfg.bn_mode not in ("eval", "train"):
         raise ValueError(f"unknown bn_mode {cfg.bn_mode!r}; choose eval or train")
     if cfg.loss_normalization not in ("pixels", "none"):
         raise ValueError(f"unknown loss_normalization {cfg.loss_normalization!r}; choose pixels or none")
     protocol = {**protocol_values(VOCSegConfig, PROTOCOL_FIELDS), "loss_normalization": PROTOCOL_LOSS_NORMALIZATION}
-    return resolve(cfg, PRESETS, explicit, protocol)
+    return resolve(cfg, PRESETS, explicit, protocol, ("sbd", "voc"))
 
 
 def voc_segmentation_year(root) -> str:
@@ -220,72 +209,48 @@ def evaluate(model: FCN32s, dataset: SegmentationImages, device, save: int, fold
 
 
 def train(cfg: VOCSegConfig, model: FCN32s, info: dict, train_set: SegmentationImages, deviations: dict, device,
-          progress: bool, stop_after: int | None = None) -> Path | None:
-    """The training loop in cfg.out (resumable); the run folder, or None when stopped early."""
+          progress: bool, stop_after: int | None = None) -> bool:
+    """The training loop in cfg.out (resumable); True when complete, False when stopped early."""
     optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum)
-    config = {**asdict(cfg), "trunk_sha256": info["sha256"]}
-    folder = RunFolder(cfg.out, "eval voc12-seg", config, cfg.resume, RESUME_MUST_MATCH)
-    step = 0
-    if cfg.resume:
-        state = load_checkpoint(folder.last)
+    run = TrainingRun(cfg.out, "eval voc12-seg", {**asdict(cfg), "trunk_sha256": info["sha256"]},
+                      resume=cfg.resume, must_match=RESUME_MUST_MATCH, total=cfg.iters, unit="update",
+                      log_key="iter", desc="voc12-seg FCN-32s", device=device, progress=progress,
+                      ckpt_every=cfg.ckpt_every, save_minutes=cfg.save_minutes, stop_after=stop_after)
+    state = run.restore(optimizer)  # RNG too: dropout draws from the global one
+    if state:
         model.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])  # dropout draws from the global RNG
-        step = state["step"]
     # images in an order fixed by (seed, position): a resumed run sees what the uninterrupted one would
-    sampler = StepBatchSampler(len(train_set), 1, cfg.seed, step * cfg.iter_size, cfg.iters * cfg.iter_size)
+    sampler = StepBatchSampler(len(train_set), 1, cfg.seed, run.step * cfg.iter_size, cfg.iters * cfg.iter_size)
     images = iter(DataLoader(train_set, batch_sampler=sampler, num_workers=loader_workers(cfg.workers, device),
                              generator=torch.Generator().manual_seed(cfg.seed)))  # keeps the global RNG for dropout
     extra = {"normalization": {"mean": list(info["mean"]), "std": list(info["std"])}, "classes": list(CLASSES),
              "trunk_sha256": info["sha256"], "deviations": deviations, "finetuned_from": info["path"],
              "finetuned_from_step": info["step"], "crop_offset": model.offset}
-
-    def save(path, resumable: bool) -> None:  # the whole FCN is the head; trunk left empty
-        save_checkpoint(path, arch=info["arch"], trunk={}, head=model.state_dict(), loss="voc12-seg-fcn32s", step=step,
-                        config=config, optimizer=optimizer.state_dict() if resumable else None, with_rng=resumable,
-                        extra=extra)
-
     for g in optimizer.param_groups:
         g["lr"] = cfg.lr * g["lr_mult"]
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    log = JsonlLog(folder.log_path, resume_at=step if cfg.resume else None, key="iter")
     set_modes(model, cfg.bn_mode)
-    bar = progress_bar(total=cfg.iters, initial=step, desc="voc12-seg FCN-32s", unit="update", disable=not progress)
-    try:
-        with StopRequests(folder, cfg.save_minutes) as stop:
-            while step < cfg.iters and step != stop_after:
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum, summed, pixels = 0.0, 0.0, 0
-                for _ in range(cfg.iter_size):
-                    x, labels = next(images)
-                    with amp:
-                        scores = model(x.to(device))
-                    loss = segmentation_loss(scores.float(), labels.to(device), cfg.loss_normalization)
-                    if not math.isfinite(loss.item()):
-                        raise RuntimeError(f"loss became {loss.item()} at update {step + 1}; try a lower --lr")
-                    (loss / cfg.iter_size).backward()  # Caffe divides the accumulated gradient by iter_size
-                    labelled = int((labels != 255).sum())
-                    loss_sum += loss.item()
-                    summed += loss.item() * (max(labelled, 1) if cfg.loss_normalization == "pixels" else 1)
-                    pixels += labelled
-                optimizer.step()
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss_per_pixel=f"{summed / max(pixels, 1):.3f}")
-                log.write({"iter": step, "loss": loss_sum / cfg.iter_size, "loss_per_pixel": summed / max(pixels, 1)})
-                if stop.save_due(step % cfg.ckpt_every == 0 or step == cfg.iters or step == stop_after):
-                    save(folder.last, resumable=True)
-                stop.raise_if_requested(f"update {step}")
-    finally:
-        bar.close()
-        log.close()
-    if step < cfg.iters:
-        return None
-    save(folder.final, resumable=False)
-    plot_loss_curve(folder.log_path, folder.out / "loss.png", value="loss_per_pixel",
-                    title=f"voc12-seg FCN-32s ({info['arch']})")
-    return folder.out
-
+    # the whole FCN is the head; trunk left empty
+    with run.start(optimizer, lambda: {"arch": info["arch"], "trunk": {}, "head": model.state_dict(),
+                                       "loss": "voc12-seg-fcn32s", "extra": extra}):
+        while not run.done:  # one update: iter_size images, one at a time, their gradients accumulated
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum, summed, pixels = 0.0, 0.0, 0
+            for _ in range(cfg.iter_size):
+                x, labels = next(images)
+                with run.autocast():
+                    scores = model(x.to(device))
+                loss = segmentation_loss(scores.float(), labels.to(device), cfg.loss_normalization)
+                value = run.check_finite(loss)
+                (loss / cfg.iter_size).backward()  # Caffe divides the accumulated gradient by iter_size
+                labelled = int((labels != 255).sum())
+                loss_sum += value
+                summed += value * (max(labelled, 1) if cfg.loss_normalization == "pixels" else 1)
+                pixels += labelled
+            optimizer.step()
+            per_pixel = summed / max(pixels, 1)
+            run.step_done({"loss": loss_sum / cfg.iter_size, "loss_per_pixel": per_pixel},
+                          postfix={"loss_per_pixel": f"{per_pixel:.3f}"})
+    return run.finish(plot_title=f"voc12-seg FCN-32s ({info['arch']})", plot_value="loss_per_pixel")
 
 
 def load_trained(path, device) -> tuple[FCN32s, dict, dict]:
@@ -303,62 +268,54 @@ def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int |
     """Train FCN-32s (or, with cfg.model, load a trained one), test, append records. Returns {"mIoU",
     "pixel_accuracy", "iou" {class: %}, "out", "model", "predictions", "store", "method", "run", "deviations",
     "seconds", "iters"}, or {"out", "stopped_at"} when stop_after (updates) left the run early, resumable."""
-    from cpfs_bench.bench.world.defaults import describe_dataset
-    from cpfs_bench.results.store import append_records, default_store, make_record
+    trained = {}  # the run config of the --model checkpoint
 
-    cfg, deviations = resolve_config(cfg, explicit)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    start = time.perf_counter()
-    if cfg.model:  # --eval-only
-        model, info, trained = load_trained(cfg.model, device)
-        ckpt = info["path"]
+    def load_model(path, device):
+        model, info, trained["config"] = load_trained(path, device)
+        return model, info
+
+    ev = prepare(cfg, kind="voc12-seg", task="voc12_seg", protocol=PROTOCOL, resolve_config=resolve_config,
+                 explicit=explicit, data_fields=("sbd", "voc"), default_world=default_voc_world, progress=progress,
+                 trunk="trainable", load_model=load_model)
+    cfg, device, info = ev.cfg, ev.device, ev.info
+    if ev.eval_only:
+        model = ev.model
     else:
-        trunk, info = load_trunk(cfg.ckpt, "cpu", frozen=False)
-        ckpt = cfg.ckpt
         if info["arch"] not in ("caffenet", "caffenet_bn"):
             raise ValueError(f"{cfg.ckpt}: FCN-32s (voc-fcn-alexnet) is defined on the CaffeNet layout; this "
                              f"checkpoint is {info['arch']!r}")
-        model = FCN32s(trunk).to(device)
-    run_name = cfg.name or default_run_name(ckpt)
+        model = FCN32s(ev.trunk).to(device)
     test_set = SegmentationImages("voc", cfg.voc, cfg.test_split, info["mean"], info["std"])
     if not len(test_set):
         raise ValueError(f"{cfg.voc}: the VOC {cfg.test_split} list is empty")
-    if cfg.model:
-        out = Path(cfg.out) if cfg.out else Path(cfg.model).parent
-        out.mkdir(parents=True, exist_ok=True)
+    if ev.eval_only:
         model_path = Path(cfg.model)
-        train_description = f"SBD {trained.get('train_split', '?')} in {trained.get('sbd', '?')}"
+        config = trained["config"]
+        train_description = f"SBD {config.get('train_split', '?')} in {config.get('sbd', '?')}"
     else:
         train_set = SegmentationImages("sbd", cfg.sbd, cfg.train_split, info["mean"], info["std"])
         if not len(train_set):
             raise ValueError(f"{cfg.sbd}: the SBD {cfg.train_split} list is empty")
         train_description = f"SBD {cfg.train_split} ({len(train_set)} images)"
-        cfg = replace(cfg, out=cfg.out or str(evaluation_folder("voc12-seg", run_name, info["sha256"])))
-        out = train(cfg, model, info, train_set, deviations, device, progress, stop_after)
-        if out is None:
+        if not train(cfg, model, info, train_set, ev.deviations, device, progress, stop_after):
             return {"out": cfg.out, "stopped_at": stop_after}
-        model_path = out / "final.pt"
+        model_path = ev.out / "final.pt"
 
-    predictions = out / "predictions"
+    predictions = ev.out / "predictions"
     hist = evaluate(model, test_set, device, cfg.save_predictions, predictions, progress)
-    np.save(out / "confusion.npy", hist)
+    np.save(ev.out / "confusion.npy", hist)
     iou = {c: float(100 * v) for c, v in zip(CLASSES, per_class_iou(hist))}
     scores = {"mIoU": 100 * mean_iou(hist), "pixel_accuracy": 100 * pixel_accuracy(hist)}
 
-    method = cfg.method or default_method_name(info, ckpt)
-    dataset = describe_dataset(cfg.voc, len(CLASSES), cfg.test_split, len(test_set))
-    common = {"method": method, "run": run_name, "protocol": PROTOCOL, "deviations": deviations, "checkpoint": ckpt,
-             "checkpoint_sha256": info["sha256"], "checkpoint_step": info["step"], "dataset": cfg.voc,
-             "dataset_info": dataset, "split": cfg.test_split}
-    records = [make_record("voc12_seg", "mIoU", scores["mIoU"], **common,
-                           extra={"iou": {c: (None if math.isnan(v) else v) for c, v in iou.items()},
-                                  "bn_mode": cfg.bn_mode, "arch": info["arch"], "run_folder": str(out),
-                                  "train": train_description}),
-               make_record("voc12_seg", "pixel_accuracy", scores["pixel_accuracy"], **common)]
-    records += [make_record("voc12_seg", f"IoU_{c}", v, **common) for c, v in iou.items() if not math.isnan(v)]
-    store = Path(cfg.store) if cfg.store else default_store()
-    append_records(store, records)
-    return {**scores, "iou": iou, "out": str(out), "model": str(model_path),
-            "predictions": str(predictions) if cfg.save_predictions else None, "store": str(store), "method": method,
-            "run": run_name, "deviations": deviations, "seconds": time.perf_counter() - start, "iters": cfg.iters}
+    ev.test_set(cfg.voc, len(CLASSES), cfg.test_split, len(test_set))
+    ev.record("mIoU", scores["mIoU"], extra={"iou": {c: (None if math.isnan(v) else v) for c, v in iou.items()},
+                                             "bn_mode": cfg.bn_mode, "arch": info["arch"], "run_folder": str(ev.out),
+                                             "train": train_description})
+    ev.record("pixel_accuracy", scores["pixel_accuracy"])
+    for c, v in iou.items():
+        if not math.isnan(v):
+            ev.record(f"IoU_{c}", v)
+    store = ev.write()
+    return ev.summary(**scores, iou=iou, model=str(model_path),
+                      predictions=str(predictions) if cfg.save_predictions else None, store=str(store),
+                      iters=cfg.iters)
