@@ -273,7 +273,7 @@ class TrainingRun:
         self.log = JsonlLog(self.folder.log_path, resume_at=self.step if self.resuming else None, key=self.log_key)
         self.bar = progress_bar(total=self.total, initial=self.step, desc=self.desc, unit=self.unit,
                                 disable=not self.progress)
-        if self.resuming:
+        if self.resuming and self.progress:
             self.bar.write(f"resuming from {self.unit} {self.step} of {self.total} ({self.folder.last})")
         self.stop = StopRequests(self.folder, self.save_minutes).__enter__()
         return self

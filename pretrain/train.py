@@ -1,36 +1,34 @@
-"""`bench pretrain`: the CPFS training loop (trunk + hypercolumn head + loss), plain and top to bottom."""
+"""`bench pretrain`: the CPFS training loop (trunk + hypercolumn head + loss), plain and top to bottom,
+on the shared step driver (bench.runs.TrainingRun)."""
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cpfs_bench.bench.checkpoint import MEAN, STD, load_checkpoint, save_checkpoint, set_rng_state
+from cpfs_bench.bench.checkpoint import MEAN, STD
 from cpfs_bench.bench.config import resolve
+from cpfs_bench.bench.curves import plot_training_log
 from cpfs_bench.bench.flowio import read_flow_png
-from cpfs_bench.bench.runs import (
+from cpfs_bench.bench.losses import loss_spec
+from cpfs_bench.bench.runs import (  # noqa: F401  (TrainingDiverged: raised by run.check_finite, imported from here)
     SCHEDULES,
-    JsonlLog,
-    RunFolder,
-    StopRequests,
+    RunInterrupted,
+    TrainingDiverged,
+    TrainingRun,
     loader_workers,
-    progress_bar,
     resolve_device,
     scheduled_lr,
 )
 from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.pretrain.alexnet import ARCHITECTURES, build_trunk
-from cpfs_bench.bench.curves import plot_training_log
 from cpfs_bench.pretrain.data import FlowFrames
 from cpfs_bench.pretrain.head import SOURCES, HypercolumnHead, sample_pixel_positions
 from cpfs_bench.pretrain.losses import (
-    LOSSES,
     Sigma,
     cpfs_loss,
     direct_cls_loss,
@@ -90,10 +88,6 @@ class PretrainConfig:
     resume: bool = False
 
 
-class TrainingDiverged(RuntimeError):
-    pass
-
-
 def gather_flow(flow: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """flow (B, 2, H, W), positions (B, N, 2) long (x, y) -> (B, N, 2) flow at those pixels."""
     b, _, h, w = flow.shape
@@ -116,15 +110,15 @@ def sample_codebook_flows(dataset: FlowFrames, squash: bool, seed: int, images: 
 
 def build_model(cfg: PretrainConfig):
     trunk = build_trunk(cfg.arch)
-    out_dim = cfg.classes if cfg.loss == "direct-cls" else cfg.embed_dim
-    head = HypercolumnHead(trunk.feature_geometry(), cfg.hidden, out_dim, normalize=cfg.loss != "direct-cls")
+    spec = loss_spec(cfg.loss)
+    head = HypercolumnHead(trunk.feature_geometry(), cfg.hidden, spec.head_outputs(cfg.embed_dim, cfg.classes),
+                           normalize=spec.kernel)
     return trunk, head
 
 
 def check_config(cfg: PretrainConfig) -> None:
     """ValueError naming the first bad setting (the CLI's option types catch most of these first)."""
-    if cfg.loss not in LOSSES:
-        raise ValueError(f"unknown loss {cfg.loss!r}; choose from {LOSSES}")
+    loss_spec(cfg.loss)  # ValueError naming the losses for an unknown one
     if cfg.arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {cfg.arch!r}; choose from {ARCHITECTURES}")
     if cfg.optimizer not in ("adam", "sgd"):
@@ -149,140 +143,115 @@ def run(cfg: PretrainConfig, progress: bool = True, stop_after: int | None = Non
     RunInterrupted after SIGINT/SIGTERM (state saved first).
     stop_after: leave after that step with last.pt written, as a preempted job would (resumable)."""
     check_config(cfg)
+    spec = loss_spec(cfg.loss)
     if cfg.data is None:
         from cpfs_bench.pretrain.default_data import default_flow_data
 
         cfg = replace(cfg, data=str(default_flow_data(progress=progress)))
     cfg = replace(cfg, out=cfg.out or f"runs/pretrain-{cfg.loss}")
-    folder = RunFolder(cfg.out, "pretrain", asdict(cfg), cfg.resume, RESUME_MUST_MATCH)
     device = resolve_device(cfg.device)
+    run = TrainingRun(cfg.out, "pretrain", asdict(cfg), resume=cfg.resume, must_match=RESUME_MUST_MATCH,
+                      total=cfg.iters, unit="step", log_key="step", desc=f"pretrain {cfg.loss}", device=device,
+                      progress=progress, ckpt_every=cfg.ckpt_every, save_minutes=cfg.save_minutes,
+                      stop_after=stop_after, amp=cfg.amp)
     torch.manual_seed(cfg.seed)
     dataset = FlowFrames(cfg.data, cfg.crop)
-    trunk, head = build_model(cfg)
+    trunk, head = build_model(cfg)  # draws from the global RNG: before run.restore sets it
     sigma = Sigma(cfg.sigma, cfg.learn_sigma)
-    start_step = 0
-    ckpt = None
-    if cfg.resume:
-        ckpt = load_checkpoint(folder.last)
-        trunk.load_state_dict(ckpt["trunk"])
-        head.load_state_dict(ckpt["head"])
-        sigma.load_state_dict(ckpt["extra"]["sigma"])
-        start_step = ckpt["step"]
-    if cfg.loss == "direct-cls":
-        codebook = (ckpt["extra"]["codebook"] if ckpt else
-                    torch.from_numpy(fit_flow_codebook(sample_codebook_flows(dataset, cfg.squash, cfg.seed), cfg.classes, cfg.seed)))
-        codebook = codebook.to(device)
     trunk.to(device).train()
     head.to(device).train()
     sigma.to(device)
     params = list(trunk.parameters()) + list(head.parameters())
     groups = [{"params": params, "weight_decay": cfg.weight_decay}]
-    if cfg.learn_sigma and cfg.loss != "direct-cls":
+    if cfg.learn_sigma and spec.kernel:
         groups.append({"params": list(sigma.parameters()), "weight_decay": 0.0})
     # fused kernels: on 2 CPU cores the unfused Adam step over AlexNet's 61M weights costs ~0.6 s
     if cfg.optimizer == "adam":
         optimizer = torch.optim.Adam(groups, lr=cfg.lr, fused=True)
     else:
         optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=True)
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])  # last: building the model above consumed the global RNG
+    state = run.restore(optimizer)  # None for a fresh run; else optimizer, RNG and step restored
+    if state:
+        trunk.load_state_dict(state["trunk"])
+        head.load_state_dict(state["head"])
+        sigma.load_state_dict(state["extra"]["sigma"])
+    extra = {"normalization": {"mean": list(MEAN), "std": list(STD)}, "sources": list(SOURCES),
+             "paper_deviations": paper_deviations(cfg), "sigma_rule": "learned" if cfg.learn_sigma else "fixed"}
+    if not spec.kernel:  # direct cls: the flow codebook, fitted once and kept in every checkpoint
+        codebook = (state["extra"]["codebook"] if state else torch.from_numpy(
+            fit_flow_codebook(sample_codebook_flows(dataset, cfg.squash, cfg.seed), cfg.classes, cfg.seed)))
+        extra["codebook"] = codebook.cpu()
+        codebook = codebook.to(device)
 
-    sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start_step, cfg.iters)
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, run.step, cfg.iters)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=loader_workers(cfg.workers, device),
                         pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
-    use_amp = cfg.amp and device.type == "cuda"
-    extra = {"normalization": {"mean": list(MEAN), "std": list(STD)}, "sources": list(SOURCES),
-             "paper_deviations": paper_deviations(cfg), "sigma_rule": "learned" if cfg.learn_sigma else "fixed"}
-    if cfg.loss == "direct-cls":
-        extra["codebook"] = codebook.cpu()
-
-    def save(step: int, path: Path, resumable: bool = True) -> None:
-        save_checkpoint(path, arch=cfg.arch, trunk=trunk.state_dict(), head=head.state_dict(), loss=cfg.loss,
-                        step=step, config=asdict(cfg), optimizer=optimizer.state_dict() if resumable else None,
-                        extra={**extra, "sigma": sigma.state_dict()}, with_rng=resumable)
-
-    log = JsonlLog(folder.log_path, resume_at=start_step if cfg.resume else None)
-    bar = progress_bar(total=cfg.iters, initial=start_step, desc=f"pretrain {cfg.loss}", unit="step",
-                       disable=not progress)
     first_loss = last_loss = None
     recent_cosines: deque[float] = deque(maxlen=50)
     warned_collapse = False
     start = time.perf_counter()
-    step = start_step
-    try:
-        with StopRequests(folder, cfg.save_minutes) as stop:
-            for image, flow, valid in loader:
-                t0 = time.perf_counter()
-                lr = scheduled_lr(cfg.schedule, cfg.lr, step, cfg.iters)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                image = image.to(device, non_blocking=True)
-                flow, valid = flow.to(device, non_blocking=True), valid.to(device, non_blocking=True)
-                # pixel positions: a pure function of (seed, step), drawn on the device, for exact resumes
-                gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
-                positions = sample_pixel_positions(valid, cfg.pixels, gen)
-                target = gather_flow(flow, positions)
-                if cfg.squash:
-                    target = squash_flow(target)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    activations = trunk.activations(image, SOURCES)
-                    output = head(activations, positions)
-                if cfg.loss == "direct-cls":
-                    loss = direct_cls_loss(output, target, codebook)
-                else:
-                    loss = cpfs_loss(output, target, sigma(), cfg.loss)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise TrainingDiverged(
-                        f"loss became {value} at step {step}; stopped. The last good checkpoint is "
-                        f"{folder.last if folder.last.exists() else '(none written yet)'}; try a lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                dt = time.perf_counter() - t0
-                sigma_value = sigma.log_sigma.detach().exp().item()
-                first_loss = value if first_loss is None else first_loss
-                last_loss = value
-                record = {"step": step, "loss": value, "sigma": sigma_value, "lr": lr,
-                          "images_per_s": cfg.batch_size / dt, "time": time.time()}
-                postfix = {"loss": f"{value:.4f}"}
-                if cfg.loss != "direct-cls":
-                    record["mean_cos"] = mean_pairwise_cosine(output)
-                    postfix["cos"] = f"{record['mean_cos']:.2f}"
-                    recent_cosines.append(record["mean_cos"])
-                    if cfg.loss in ("ce", "ce-rev"):  # CE sits near log N; the KL to the target is what moves
-                        record["kl"] = value - target_entropy(output, target, sigma(), cfg.loss).item()
-                        postfix["kl"] = f"{record['kl']:.2e}"
-                    if (not warned_collapse and step >= COLLAPSE_AFTER and len(recent_cosines) == 50
-                            and min(recent_cosines) > COLLAPSE_COSINE):
-                        warned_collapse = True
-                        bar.write(f"warning: the embeddings are collapsing (mean pairwise cosine > {COLLAPSE_COSINE} "
+    with run.start(optimizer, lambda: {"arch": cfg.arch, "trunk": trunk.state_dict(), "head": head.state_dict(),
+                                       "loss": cfg.loss, "extra": {**extra, "sigma": sigma.state_dict()}}):
+        for image, flow, valid in run.batches(loader):
+            t0 = time.perf_counter()
+            step = run.step + 1  # the step this batch makes (run.step: the steps done)
+            lr = scheduled_lr(cfg.schedule, cfg.lr, run.step, cfg.iters)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            image = image.to(device, non_blocking=True)
+            flow, valid = flow.to(device, non_blocking=True), valid.to(device, non_blocking=True)
+            # pixel positions: a pure function of (seed, step), drawn on the device, for exact resumes
+            gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + run.step)
+            positions = sample_pixel_positions(valid, cfg.pixels, gen)
+            target = gather_flow(flow, positions)
+            if cfg.squash:
+                target = squash_flow(target)
+            with run.autocast():
+                activations = trunk.activations(image, SOURCES)
+                output = head(activations, positions)
+            if spec.kernel:
+                loss = cpfs_loss(output, target, sigma(), cfg.loss)
+            else:
+                loss = direct_cls_loss(output, target, codebook)
+            value = run.check_finite(loss)  # TrainingDiverged: the step, the last good checkpoint, the resume
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            dt = time.perf_counter() - t0
+            sigma_value = sigma.log_sigma.detach().exp().item()
+            first_loss = value if first_loss is None else first_loss
+            last_loss = value
+            record = {"loss": value, "sigma": sigma_value, "lr": lr, "images_per_s": cfg.batch_size / dt,
+                      "time": time.time()}  # step_done logs "step" first
+            postfix = {"loss": f"{value:.4f}"}
+            if spec.kernel:
+                record["mean_cos"] = mean_pairwise_cosine(output)
+                postfix["cos"] = f"{record['mean_cos']:.2f}"
+                recent_cosines.append(record["mean_cos"])
+                if spec.logs_kl:
+                    record["kl"] = value - target_entropy(output, target, sigma(), cfg.loss).item()
+                    postfix["kl"] = f"{record['kl']:.2e}"
+                if (not warned_collapse and step >= COLLAPSE_AFTER and len(recent_cosines) == 50
+                        and min(recent_cosines) > COLLAPSE_COSINE):
+                    warned_collapse = True
+                    run.bar.write(f"warning: the embeddings are collapsing (mean pairwise cosine > {COLLAPSE_COSINE} "
                                   f"for the last 50 steps, now {record['mean_cos']:.3f}; sigma {sigma_value:.4f}); "
                                   f"see README 'Choice of sigma'")
-                if step % cfg.log_every == 0 or step == cfg.iters:
-                    log.write(record)
-                postfix.update(sigma=f"{sigma_value:.4f}", img_s=f"{cfg.batch_size / dt:.1f}")
-                bar.set_postfix(postfix)
-                bar.update(1)
-                if cfg.snapshot_every and step % cfg.snapshot_every == 0:
-                    save(step, folder.out / f"step_{step:06d}.pt", resumable=False)
-                if stop.save_due(step % cfg.ckpt_every == 0 or step == cfg.iters or step == stop_after):
-                    save(step, folder.last)
-                stop.raise_if_requested(f"step {step}")
-                if step == stop_after:
-                    break
-    finally:
-        bar.close()
-        log.close()
-    # also when a stop arrived between the last step's last.pt and final.pt: the resume has no step left to run
-    if step == cfg.iters and (step > start_step or not folder.final.exists()):
-        save(step, folder.final, resumable=False)
-    if step > start_step:
-        plot_training_log(folder.log_path, folder.out / "loss.png", f"CPFS {cfg.loss} ({cfg.arch})")
-    return {"out": str(folder.out), "checkpoint": str(folder.final if folder.final.exists() else folder.last),
-            "start_step": start_step, "steps": step, "first_loss": first_loss, "last_loss": last_loss,
+            postfix.update(sigma=f"{sigma_value:.4f}", img_s=f"{cfg.batch_size / dt:.1f}")
+            due = cfg.snapshot_every and step % cfg.snapshot_every == 0
+            snapshot = run.out / f"step_{step:06d}.pt" if due else None
+            try:  # log, progress bar, last.pt when due; RunInterrupted after a signal
+                run.step_done(record, postfix, log=step % cfg.log_every == 0 or step == cfg.iters)
+            except RunInterrupted:  # stopped after this step: its snapshot is still due (the resume starts after it)
+                if snapshot:
+                    run.save(snapshot, resumable=False)
+                raise
+            if snapshot:
+                run.save(snapshot, resumable=False)
+    run.finish(plot_title=f"CPFS {cfg.loss} ({cfg.arch})", plot=plot_training_log)
+    final, last = run.folder.final, run.folder.last
+    return {"out": str(run.out), "checkpoint": str(final if final.exists() else last),
+            "start_step": run.start_step, "steps": run.step, "first_loss": first_loss, "last_loss": last_loss,
             "seconds": time.perf_counter() - start, "data": cfg.data, "device": str(device),
             "collapsed": warned_collapse}

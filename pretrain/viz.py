@@ -22,10 +22,11 @@ from PIL import Image
 
 from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint
 from cpfs_bench.bench.flowio import flow_to_image, read_flow_png
+from cpfs_bench.bench.losses import LOSS_SPECS
 from cpfs_bench.pretrain.alexnet import build_trunk
 from cpfs_bench.pretrain.data import resize_to_cover
 from cpfs_bench.pretrain.head import HypercolumnHead
-from cpfs_bench.pretrain.losses import LOSSES, Sigma, squash_flow
+from cpfs_bench.pretrain.losses import Sigma, squash_flow
 
 
 def load_pretrained(path) -> tuple[torch.nn.Module, HypercolumnHead, dict]:
@@ -33,14 +34,14 @@ def load_pretrained(path) -> tuple[torch.nn.Module, HypercolumnHead, dict]:
     CheckpointError naming the file when it holds no CPFS head (a baseline, an evaluation's model)."""
     state = load_checkpoint(path)
     cfg = state.get("config") or {}
-    if state.get("loss") not in LOSSES or not state.get("head"):
+    if state.get("loss") not in LOSS_SPECS or not state.get("head"):
         raise CheckpointError(f"{path}: not a `bench pretrain` checkpoint (loss {state.get('loss')!r}, "
                               f"{'no' if not state.get('head') else 'a'} head); viz needs the CPFS embedding head")
     trunk = build_trunk(state["arch"])
     trunk.load_state_dict(state["trunk"])
-    out_dim = cfg.get("classes", 16) if state["loss"] == "direct-cls" else cfg.get("embed_dim", 16)
-    head = HypercolumnHead(trunk.feature_geometry(), cfg.get("hidden", 256), out_dim,
-                           normalize=state["loss"] != "direct-cls")
+    spec = LOSS_SPECS[state["loss"]]
+    head = HypercolumnHead(trunk.feature_geometry(), cfg.get("hidden", 256),
+                           spec.head_outputs(cfg.get("embed_dim", 16), cfg.get("classes", 16)), normalize=spec.kernel)
     head.load_state_dict(state["head"])
     extra = state.get("extra") or {}
     sigma = Sigma(cfg.get("sigma", 0.06), learn=False)
@@ -177,7 +178,7 @@ def embedding_figure(ckpt, frame, flow=None, out=None, pixels=None) -> Path:
 
     rows = 1 + len(pixels)
     fig = Figure(figsize=(9, 3 * rows), dpi=100)
-    what = "class logits (direct-cls), L2-normalised" if info["loss"] == "direct-cls" else "embedding"
+    what = "embedding" if LOSS_SPECS[info["loss"]].kernel else f"class logits ({info['loss']}), L2-normalised"
     fig.suptitle(f"{Path(ckpt).name}: CPFS-{info['loss']} step {info['step']}; {Path(frame).name}", fontsize=10)
     ax = fig.add_subplot(rows, 3, 1)
     ax.imshow(image)
