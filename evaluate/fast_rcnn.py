@@ -19,10 +19,11 @@ from torch import nn
 from torchvision.ops import roi_pool
 
 from cpfs_bench.evaluate.boxes import box_iou
+from cpfs_bench.evaluate.configs import VOCDetConfig
 from cpfs_bench.pretrain.alexnet import CaffeNet
 
 POOLED = 6
-ROI_MAPPINGS = ("centres", "fast-rcnn")
+ROI_MAPPINGS = VOCDetConfig.ROI_MAPPINGS
 
 
 class FastRCNN(nn.Module):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -39,52 +39,20 @@ from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.bench.voc_format import VOC_CLASSES
 from cpfs_bench.bench.world.defaults import default_voc_world
 from cpfs_bench.evaluate.backbone import finetuned_source
+from cpfs_bench.evaluate.configs import VOCClsConfig
 from cpfs_bench.evaluate.datasets import voc_classification_labels, voc_image_path
 from cpfs_bench.evaluate.evaluation import prepare
 from cpfs_bench.evaluate.metrics import classification_ap
 from cpfs_bench.pretrain.alexnet import build_trunk
 
-PROTOCOL = "krahenbuhl16-voc07-cls"
-PROTOCOL_ITERS = 80000
-TRAIN_FROM = ("conv1", "fc6", "fc8")
-# smoke: a pipeline check on the embedded world (about 5 minutes on 2 cores), not a measurement
-PRESETS = {"smoke": {"iters": 150, "test_crops": 2}}
+PROTOCOL = VOCClsConfig.PROTOCOL
+PROTOCOL_ITERS = VOCClsConfig.iters
+TRAIN_FROM = VOCClsConfig.TRAIN_FROM
+PRESETS = VOCClsConfig.PRESETS
 PROTOCOL_FIELDS = ("train_from", "iters", "batch_size", "lr", "bias_lr_mult", "momentum", "weight_decay", "lr_step",
                    "lr_gamma", "clip_grad_norm", "min_scale", "max_scale", "crop", "test_crops")
 RESUME_MUST_MATCH = ("voc", "train_from", "iters", "batch_size", "lr", "bias_lr_mult", "momentum", "weight_decay",
                      "lr_step", "lr_gamma", "clip_grad_norm", "min_scale", "max_scale", "crop", "seed", "trunk_sha256")
-
-
-@dataclass(frozen=True)
-class VOCClsConfig:
-    ckpt: str = ""
-    model: str | None = None  # --eval-only: a voc07-cls final.pt to re-score (no training)
-    voc: str | None = None  # VOCdevkit (or its parent); None = the embedded world + preset smoke
-    train_from: str = "conv1"  # conv1: every layer; fc6: fc6 on; fc8: the new classifier only
-    iters: int = PROTOCOL_ITERS
-    batch_size: int = 16
-    lr: float = 0.001
-    bias_lr_mult: float = 2.0
-    momentum: float = 0.9
-    weight_decay: float = 1e-6
-    lr_step: int = 10000  # iterations between lr x lr_gamma; scaled with --iters unless typed
-    lr_gamma: float = 0.5
-    clip_grad_norm: float = 10.0
-    min_scale: float = 0.5
-    max_scale: float = 2.0
-    crop: int = 227
-    test_crops: int = 10
-    preset: str | None = None
-    seed: int = 0
-    out: str | None = None  # None = runs/voc07-cls-<run>-<sha>
-    store: str | None = None
-    method: str | None = None
-    name: str | None = None
-    device: str = "auto"
-    workers: int | None = None
-    ckpt_every: int = 500
-    save_minutes: float = 10.0
-    resume: bool = False
 
 
 def resolve_config(cfg: VOCClsConfig, explicit=()) -> tuple[VOCClsConfig, dict]:

@@ -58,6 +58,7 @@ from cpfs_bench.evaluate.boxes import (
     valid_boxes,
 )
 from cpfs_bench.evaluate.datasets import read_id_list, voc_detection_annotations, voc_image_path, voc_year_dir
+from cpfs_bench.evaluate.configs import VOCDetConfig
 from cpfs_bench.evaluate.evaluation import prepare
 from cpfs_bench.evaluate.fast_rcnn import ROI_MAPPINGS, FastRCNN, fast_rcnn_loss, nms, sample_rois
 from cpfs_bench.evaluate.faster_rcnn import BBOX_MEANS, BBOX_STDS, FasterRCNN
@@ -65,14 +66,12 @@ from cpfs_bench.evaluate.metrics import detection_ap
 from cpfs_bench.evaluate.proposals import compute_proposals, load_proposals, proposals_name
 from cpfs_bench.pretrain.alexnet import build_trunk
 
-PROTOCOL = "fast-rcnn-multiscale-voc07-det"
-PROTOCOL_ITERS = 150000
+PROTOCOL = VOCDetConfig.PROTOCOL
+PROTOCOL_ITERS = VOCDetConfig.iters
 CLASSES = ("__background__", *VOC_CLASSES)
-TRAIN_FROM = ("conv1", "conv2")
+TRAIN_FROM = VOCDetConfig.TRAIN_FROM
 DEDUP_SCALE = 1 / 16  # test.py: boxes that fall on the same conv5 cells are computed once
-# smoke: a pipeline check on the embedded world (a few minutes on 2 cores), not a measurement
-PRESETS = {"smoke": {"iters": 100, "train_images": 120, "test_images": 60, "train_scales": (300,),
-                     "train_max_size": 500, "test_scale": 300, "test_max_size": 500}}
+PRESETS = VOCDetConfig.PRESETS
 PROTOCOL_FIELDS = ("iters", "lr", "lr_step", "lr_gamma", "momentum", "weight_decay", "bias_lr_mult",
                    "images_per_batch", "rois_per_image", "fg_fraction", "fg_thresh", "bg_thresh_hi", "bg_thresh_lo",
                    "bbox_thresh", "train_scales", "train_max_size", "test_scale", "test_max_size", "flip", "nms",
@@ -80,58 +79,8 @@ PROTOCOL_FIELDS = ("iters", "lr", "lr_step", "lr_gamma", "momentum", "weight_dec
                    "test_images", "roi_mapping", "proposal_mode")
 PROTOCOL_ROI_MAPPING = "fast-rcnn"  # the reference's; the default differs on purpose (evaluate/fast_rcnn.py)
 RESUME_MUST_MATCH = ("voc", "proposals", *PROTOCOL_FIELDS, "seed", "trunk_sha256")
-RPN = "rpn"  # --proposals rpn
+RPN = VOCDetConfig.RPN
 RPN_DEVIATION = "rpn: Faster R-CNN, region proposal network trained jointly (evaluate/faster_rcnn.py)"
-
-
-@dataclass(frozen=True)
-class VOCDetConfig:
-    ckpt: str = ""
-    model: str | None = None  # --eval-only: a voc07-det final.pt to re-score (no training)
-    voc: str | None = None  # VOCdevkit (or its parent) with VOC2007; None = the embedded world + preset smoke
-    proposals: str | None = None  # folder with voc_2007_{trainval,test}.mat; "rpn" = Faster R-CNN; None = selective
-    # search, cached
-    proposal_mode: str = "fast"
-    iters: int = PROTOCOL_ITERS
-    lr: float = 0.001
-    lr_step: int = 50000  # iterations between lr x lr_gamma; scaled with --iters unless typed
-    lr_gamma: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    bias_lr_mult: float = 2.0  # biases: lr x2, no weight decay (the prototxt's lr_mult 2, decay_mult 0)
-    images_per_batch: int = 2
-    rois_per_image: int = 64
-    fg_fraction: float = 0.25
-    fg_thresh: float = 0.5
-    bg_thresh_hi: float = 0.5
-    bg_thresh_lo: float = 0.1
-    bbox_thresh: float = 0.5
-    train_scales: tuple[int, ...] = (480, 576, 688, 864, 1200)
-    train_max_size: int = 2000
-    test_scale: int = 600
-    test_max_size: int = 1000
-    flip: bool = True
-    nms: float = 0.3
-    score_thresh: float = 0.05
-    max_per_image: int = 100
-    train_from: str = "conv2"  # conv2: conv1 fixed (Fast R-CNN's CaffeNet); conv1: every layer
-    use_difficult: bool = False
-    bn_mode: str = "eval"
-    roi_mapping: str = "centres"
-    train_images: int | None = None  # the first N images of trainval (smoke); None = all
-    test_images: int | None = None
-    preset: str | None = None
-    seed: int = 0
-    save_predictions: int = 0  # draw the detections of this many test images (PNG)
-    out: str | None = None  # None = runs/voc07-det-<run>-<sha>
-    store: str | None = None
-    method: str | None = None
-    name: str | None = None
-    device: str = "auto"
-    workers: int | None = None
-    ckpt_every: int = 500
-    save_minutes: float = 10.0
-    resume: bool = False
 
 
 def resolve_config(cfg: VOCDetConfig, explicit=()) -> tuple[VOCDetConfig, dict]:

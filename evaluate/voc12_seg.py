@@ -21,7 +21,7 @@ mode; with one image per forward, batch statistics are per image), recorded.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -46,50 +46,21 @@ from cpfs_bench.evaluate.datasets import (
     voc_segmentation_ids,
     voc_year_dir,
 )
+from cpfs_bench.evaluate.configs import VOCSegConfig
 from cpfs_bench.evaluate.evaluation import prepare
 from cpfs_bench.evaluate.fcn import FCN32s, segmentation_loss
 from cpfs_bench.evaluate.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
 from cpfs_bench.pretrain.alexnet import build_trunk
 
-PROTOCOL = "long15-fcn32s-voc12-seg"
+PROTOCOL = VOCSegConfig.PROTOCOL
 CLASSES = ("background", *VOC_CLASSES)
-# smoke: a pipeline check on the embedded world (a few minutes on 2 cores), not a measurement
-PRESETS = {"smoke": {"iters": 10}}
+PRESETS = VOCSegConfig.PRESETS
 PROTOCOL_FIELDS = ("iters", "iter_size", "lr", "momentum", "weight_decay", "train_split", "test_split", "bn_mode",
                    "loss_normalization")
 # net.py's loss; the default differs on purpose (see the module docstring), so every run records it
 PROTOCOL_LOSS_NORMALIZATION = "none"
 RESUME_MUST_MATCH = ("sbd", "voc", "iters", "iter_size", "lr", "momentum", "weight_decay", "train_split", "seed",
                      "bn_mode", "loss_normalization", "trunk_sha256")
-
-
-@dataclass(frozen=True)
-class VOCSegConfig:
-    ckpt: str = ""
-    model: str | None = None  # --eval-only: a voc12-seg final.pt to re-score (no training)
-    sbd: str | None = None  # SBD root (benchmark_RELEASE or its dataset/); None = the embedded world
-    voc: str | None = None  # VOCdevkit (or its parent) holding VOC2012 (or VOC2011); None = the embedded world
-    train_split: str = "train"  # SBD's list
-    test_split: str = "seg11valid"  # VOC ImageSets/Segmentation list
-    iters: int = 100000  # weight updates, iter_size images each
-    iter_size: int = 20
-    lr: float = 1e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    bn_mode: str = "eval"  # BatchNorm trunks: running statistics (the only sensible choice at batch 1)
-    loss_normalization: str = "pixels"  # "pixels" (the solver's lr is for it) or "none" (net.py); see above
-    preset: str | None = None
-    seed: int = 0
-    save_predictions: int = 0  # write this many test predictions (palette PNG + picture)
-    out: str | None = None  # None = runs/voc12-seg-<run>-<sha>
-    store: str | None = None
-    method: str | None = None
-    name: str | None = None
-    device: str = "auto"
-    workers: int | None = None
-    ckpt_every: int = 100
-    save_minutes: float = 10.0
-    resume: bool = False
 
 
 def resolve_config(cfg: VOCSegConfig, explicit=()) -> tuple[VOCSegConfig, dict]:

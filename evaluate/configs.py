@@ -1,0 +1,145 @@
+"""The evaluations' config dataclasses, torch-free: `bench --help` and `bench eval X --help` read their
+defaults (the published protocols) and presets without importing a model. Each task module re-exports
+its Config and works from it (evaluate/voc07_cls.py: VOCClsConfig, ...).
+
+A preset never overrides a value the user typed; every value that differs from the protocol is a
+recorded deviation (bench/config.py::resolve). `smoke` is what the embedded world gets by default.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class VOCClsConfig:
+    """Krähenbühl et al.'s VOC2007 classification fine-tuning (evaluate/voc07_cls.py)."""
+
+    PROTOCOL: ClassVar[str] = "krahenbuhl16-voc07-cls"
+    TRAIN_FROM: ClassVar[tuple[str, ...]] = ("conv1", "fc6", "fc8")
+    # smoke: a pipeline check on the embedded world (about 5 minutes on 2 cores), not a measurement
+    PRESETS: ClassVar[dict] = {"smoke": {"iters": 150, "test_crops": 2}}
+
+    ckpt: str = ""
+    model: str | None = None  # --eval-only: a voc07-cls final.pt to re-score (no training)
+    voc: str | None = None  # VOCdevkit (or its parent); None = the embedded world + preset smoke
+    train_from: str = "conv1"  # conv1: every layer; fc6: fc6 on; fc8: the new classifier only
+    iters: int = 80000
+    batch_size: int = 16
+    lr: float = 0.001
+    bias_lr_mult: float = 2.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    lr_step: int = 10000  # iterations between lr x lr_gamma; scaled with --iters unless typed
+    lr_gamma: float = 0.5
+    clip_grad_norm: float = 10.0
+    min_scale: float = 0.5
+    max_scale: float = 2.0
+    crop: int = 227
+    test_crops: int = 10
+    preset: str | None = None
+    seed: int = 0
+    out: str | None = None  # None = runs/voc07-cls-<run>-<sha>
+    store: str | None = None
+    method: str | None = None
+    name: str | None = None
+    device: str = "auto"
+    workers: int | None = None
+    ckpt_every: int = 500
+    save_minutes: float = 10.0
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class VOCDetConfig:
+    """Fast R-CNN VOC2007 detection, multi-scale training (evaluate/voc07_det.py)."""
+
+    PROTOCOL: ClassVar[str] = "fast-rcnn-multiscale-voc07-det"
+    TRAIN_FROM: ClassVar[tuple[str, ...]] = ("conv1", "conv2")
+    ROI_MAPPINGS: ClassVar[tuple[str, ...]] = ("centres", "fast-rcnn")
+    RPN: ClassVar[str] = "rpn"  # --proposals rpn
+    # smoke: a pipeline check on the embedded world (a few minutes on 2 cores), not a measurement
+    PRESETS: ClassVar[dict] = {"smoke": {"iters": 100, "train_images": 120, "test_images": 60, "train_scales": (300,),
+                                         "train_max_size": 500, "test_scale": 300, "test_max_size": 500}}
+
+    ckpt: str = ""
+    model: str | None = None  # --eval-only: a voc07-det final.pt to re-score (no training)
+    voc: str | None = None  # VOCdevkit (or its parent) with VOC2007; None = the embedded world + preset smoke
+    proposals: str | None = None  # folder with voc_2007_{trainval,test}.mat; "rpn" = Faster R-CNN; None = selective
+    # search, cached
+    proposal_mode: str = "fast"
+    iters: int = 150000
+    lr: float = 0.001
+    lr_step: int = 50000  # iterations between lr x lr_gamma; scaled with --iters unless typed
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bias_lr_mult: float = 2.0  # biases: lr x2, no weight decay (the prototxt's lr_mult 2, decay_mult 0)
+    images_per_batch: int = 2
+    rois_per_image: int = 64
+    fg_fraction: float = 0.25
+    fg_thresh: float = 0.5
+    bg_thresh_hi: float = 0.5
+    bg_thresh_lo: float = 0.1
+    bbox_thresh: float = 0.5
+    train_scales: tuple[int, ...] = (480, 576, 688, 864, 1200)
+    train_max_size: int = 2000
+    test_scale: int = 600
+    test_max_size: int = 1000
+    flip: bool = True
+    nms: float = 0.3
+    score_thresh: float = 0.05
+    max_per_image: int = 100
+    train_from: str = "conv2"  # conv2: conv1 fixed (Fast R-CNN's CaffeNet); conv1: every layer
+    use_difficult: bool = False
+    bn_mode: str = "eval"
+    roi_mapping: str = "centres"
+    train_images: int | None = None  # the first N images of trainval (smoke); None = all
+    test_images: int | None = None
+    preset: str | None = None
+    seed: int = 0
+    save_predictions: int = 0  # draw the detections of this many test images (PNG)
+    out: str | None = None  # None = runs/voc07-det-<run>-<sha>
+    store: str | None = None
+    method: str | None = None
+    name: str | None = None
+    device: str = "auto"
+    workers: int | None = None
+    ckpt_every: int = 500
+    save_minutes: float = 10.0
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class VOCSegConfig:
+    """FCN-32s VOC2012 segmentation, trained on SBD (evaluate/voc12_seg.py)."""
+
+    PROTOCOL: ClassVar[str] = "long15-fcn32s-voc12-seg"
+    # smoke: a pipeline check on the embedded world, not a measurement
+    PRESETS: ClassVar[dict] = {"smoke": {"iters": 10}}
+
+    ckpt: str = ""
+    model: str | None = None  # --eval-only: a voc12-seg final.pt to re-score (no training)
+    sbd: str | None = None  # SBD root (benchmark_RELEASE or its dataset/); None = the embedded world
+    voc: str | None = None  # VOCdevkit (or its parent) holding VOC2012 (or VOC2011); None = the embedded world
+    train_split: str = "train"  # SBD's list
+    test_split: str = "seg11valid"  # VOC ImageSets/Segmentation list
+    iters: int = 100000  # weight updates, iter_size images each
+    iter_size: int = 20
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bn_mode: str = "eval"  # BatchNorm trunks: running statistics (the only sensible choice at batch 1)
+    loss_normalization: str = "pixels"  # "pixels" (the solver's lr is for it) or "none" (net.py); see above
+    preset: str | None = None
+    seed: int = 0
+    save_predictions: int = 0  # write this many test predictions (palette PNG + picture)
+    out: str | None = None  # None = runs/voc12-seg-<run>-<sha>
+    store: str | None = None
+    method: str | None = None
+    name: str | None = None
+    device: str = "auto"
+    workers: int | None = None
+    ckpt_every: int = 100
+    save_minutes: float = 10.0
+    resume: bool = False
