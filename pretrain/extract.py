@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -29,25 +29,13 @@ from cpfs_bench.bench.files import atomic_write_bytes
 from cpfs_bench.bench.flowio import encode_flow_png, flow_to_image
 from cpfs_bench.bench.parallel import parallel_map, worker_count
 from cpfs_bench.bench.runs import progress_bar
+from cpfs_bench.pretrain.configs import FlowConfig
 from cpfs_bench.pretrain.flow import METHODS, make_flow_estimator
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 JPEG_QUALITY = 95
 MANIFEST_FORMAT = "cpfs-bench-flow"
-
-
-@dataclass
-class FlowConfig:
-    """Options of `bench flow`. resize is (height, width) or None; stride keeps every k-th frame."""
-
-    videos: list[str] = field(default_factory=list)
-    out: str = ""
-    method: str = "dis-medium"
-    resize: tuple[int, int] | None = None
-    stride: int = 1
-    workers: int = 0  # 0 = every core
-    max_frames: int | None = None
 
 
 @dataclass

@@ -4,7 +4,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-METHODS = ("dis-medium", "dis-fast", "dis-ultrafast", "farneback")
+from cpfs_bench.pretrain.configs import FLOW_METHODS
+
+METHODS = FLOW_METHODS
 
 
 def make_flow_estimator(method: str = "dis-medium"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from cpfs_bench.bench.runs import (  # noqa: F401  (TrainingDiverged: raised by 
 )
 from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.pretrain.alexnet import ARCHITECTURES, build_trunk
+from cpfs_bench.pretrain.configs import PretrainConfig
 from cpfs_bench.pretrain.data import FlowFrames
 from cpfs_bench.pretrain.head import SOURCES, HypercolumnHead, sample_pixel_positions
 from cpfs_bench.pretrain.losses import (
@@ -46,46 +47,6 @@ PAPER = {"learn_sigma": True, "embed_dim": 16}
 # embeddings whose mean pairwise cosine stays above this (after COLLAPSE_AFTER steps) have collapsed
 COLLAPSE_COSINE = 0.95
 COLLAPSE_AFTER = 200
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """CPFS pretraining. The paper does not publish its optimiser or schedule; these defaults are our
-    choice (Adam, cosine decay) and sized so the embedded default finishes in minutes on 2 CPU cores.
-    Scale up with iters and batch_size for real pretraining.
-
-    sigma: the flow kernel's bandwidth, fixed at 0.06 in squashed-flow units by default (as the public
-    re-implementation). The paper learns it (learn_sigma=True), but with a learned sigma KTA has a
-    collapsed global minimum (constant embeddings, sigma -> infinity); see README "Choice of sigma"."""
-
-    loss: str = "kta"
-    data: str | None = None  # a `bench flow` folder; None = the embedded default world
-    out: str | None = None  # None = runs/pretrain-<loss>
-    arch: str = "caffenet_bn"
-    iters: int = 800
-    batch_size: int = 8
-    pixels: int = 512  # sampled pixels per image (the sparsity trick)
-    hidden: int = 256  # hidden width of the head's MLP (4928 -> hidden -> D)
-    embed_dim: int = 16
-    classes: int = 16  # direct-cls: flow codebook size (even: mirrored pairs)
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0
-    schedule: str = "cosine"  # cosine | step (x0.1 at 50% and 75%) | constant
-    sigma: float = 0.06  # flow-kernel bandwidth (initial value when learned), squashed-flow units with squash
-    learn_sigma: bool = False
-    squash: bool = True  # flow -> sign(f) min(log(|f|+1)/log(51), 1) before the kernel
-    crop: int = 227
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-    workers: int | None = None  # data-loading processes; None = 0 on CPU, min(8, cores) on CUDA
-    ckpt_every: int = 100  # write last.pt (resumable) every this many steps, at the end, on SIGINT/SIGTERM
-    save_minutes: float = 10.0  # ... and after this much wall time since the last save
-    snapshot_every: int = 0  # keep weights-only step_XXXXXX.pt every this many steps; 0 = never
-    log_every: int = 1
-    resume: bool = False
 
 
 def gather_flow(flow: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
