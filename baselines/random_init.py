@@ -6,11 +6,12 @@ from pathlib import Path
 
 import torch
 
+from cpfs_bench.baselines.configs import RandomInitConfig
 from cpfs_bench.bench.checkpoint import MEAN, STD, save_checkpoint
 from cpfs_bench.pretrain.alexnet import ARCHITECTURES, build_trunk
 
 
-def write_random_checkpoint(out, arch: str = "caffenet_bn", seed: int = 0) -> Path:
+def write_random_checkpoint(out, arch: str = RandomInitConfig.arch, seed: int = RandomInitConfig.seed) -> Path:
     """A freshly initialised `arch` trunk (torch seeded with `seed`; the same seed gives the same
     weights) written to `out` in the project's checkpoint format; loss "random", step 0."""
     if arch not in ARCHITECTURES:

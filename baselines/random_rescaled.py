@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,23 +36,11 @@ from torch import nn
 
 from cpfs_bench.bench.checkpoint import MEAN, STD, save_checkpoint
 from cpfs_bench.bench.runs import progress_bar
+from cpfs_bench.baselines.configs import RandomRescaledConfig
 from cpfs_bench.pretrain.alexnet import LAYERS, CaffeNet, build_trunk
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 PARAMETER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
-
-
-@dataclass(frozen=True)
-class RandomRescaledConfig:
-    out: str = ""
-    arch: str = "caffenet_bn"
-    seed: int = 0
-    images: str | None = None  # a folder of images (searched recursively); None = the embedded ImageNet world's train
-    batches: int = 10  # magic_init -nit
-    batch_size: int = 16  # magic_init -bs
-    bias: float = 0.1  # magic_init -b
-    equalize_gradients: bool = False  # magic_init -cs
-    size: int = 227  # images are resized (whole, no crop) to size x size, as magic_init's ImageData layer
 
 
 def image_files(folder) -> list[Path]:
