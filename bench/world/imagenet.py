@@ -8,7 +8,7 @@ use made-up WordNet-style ids (n9xxxxxxx), which no real synset has.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -16,20 +16,10 @@ import numpy as np
 
 from cpfs_bench.bench.parallel import parallel_map, worker_count
 from cpfs_bench.bench.runs import progress_bar
+from cpfs_bench.bench.world.configs import ImageNetWorldConfig
 from cpfs_bench.bench.voc_format import VOC_CLASSES
 from cpfs_bench.bench.world.objects import WORLD_VERSION, still_scene
 from cpfs_bench.bench.world.shapes import CLASS_PARTS
-
-
-@dataclass
-class ImageNetWorldConfig:
-    out: str = ""
-    seed: int = 0
-    classes: int = 20  # at most the 20 shape classes
-    train_per_class: int = 100
-    val_per_class: int = 50
-    size: int = 160  # square images; the readers resize them as ImageNet's
-    workers: int = 0
 
 
 def wnid(k: int) -> str:

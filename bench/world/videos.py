@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -22,22 +22,11 @@ import numpy as np
 from cpfs_bench.bench.flowio import flow_to_image, write_flow_png
 from cpfs_bench.bench.parallel import parallel_map, worker_count
 from cpfs_bench.bench.runs import progress_bar
+from cpfs_bench.bench.world.configs import VideoWorldConfig
 from cpfs_bench.bench.voc_format import VOC_CLASSES
 from cpfs_bench.bench.world.layers import Layer, Motion, ground_truth_flow, render_frame
 from cpfs_bench.bench.world.objects import WORLD_VERSION, instance_layers, make_texture
 from cpfs_bench.bench.world.shapes import CLASS_PARTS
-
-
-@dataclass
-class VideoWorldConfig:
-    out: str = ""
-    seed: int = 0
-    clips: int = 24
-    frames: int = 32
-    height: int = 240
-    width: int = 320
-    fps: int = 25
-    workers: int = 0  # 0 = every core
 
 
 def make_clip_layers(rng: np.random.Generator, cfg: VideoWorldConfig) -> tuple[list[Layer], dict]:

@@ -21,7 +21,7 @@ objects 255.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -31,32 +31,13 @@ from PIL import Image
 
 from cpfs_bench.bench.parallel import parallel_map, worker_count
 from cpfs_bench.bench.runs import progress_bar
+from cpfs_bench.bench.world.configs import VOCWorldConfig
 from cpfs_bench.bench.voc_format import VOC_CLASSES, voc_palette
 from cpfs_bench.bench.world.layers import full_masks
 from cpfs_bench.bench.world.objects import WORLD_VERSION, still_scene
 
 POSES = ("Left", "Right", "Frontal", "Rear", "Unspecified")
 BORDER_KERNEL = np.ones((5, 5), np.uint8)
-
-
-@dataclass
-class VOCWorldConfig:
-    out: str = ""
-    seed: int = 0
-    voc07_trainval: int = 500
-    voc07_test: int = 500
-    voc12_trainval: int = 250
-    seg_fraction: float = 0.4  # share of images with segmentation masks
-    min_size: int = 200  # image sides are drawn in [min_size, max_size]
-    max_size: int = 320
-    # Scene layout (world version 3). Photographs put their subject near the centre; with centres uniform
-    # over the image, small and 1-4 per image (version 2), pooled features of a supervised trunk reached
-    # only 20% SVM mAP at conv5 (random 15%); centre-biased, larger, 1-3 objects: 28% (random 15%).
-    max_objects: int = 3  # objects per image drawn in [1, max_objects]
-    object_size: tuple[float, float] = (0.3, 0.7)  # an object's extent, as a fraction of the shorter side
-    center_spread: float = 0.15  # centres normal about the image centre, this std (fraction of the side);
-    #                              0 = uniform over [0.05, 0.95]
-    workers: int = 0
 
 
 def draw_scene(rng: np.random.Generator, h: int, w: int, max_objects: int = 4, object_size=(0.2, 0.5),
