@@ -143,3 +143,17 @@ class VOCSegConfig:
     ckpt_every: int = 100
     save_minutes: float = 10.0
     resume: bool = False
+
+
+@dataclass(frozen=True)
+class ProposalsConfig:
+    """`bench proposals`: selective-search boxes in Fast R-CNN's .mat format (evaluate/proposals.py)."""
+
+    MODES: ClassVar[tuple[str, ...]] = ("fast", "quality")  # OpenCV's strategies; Fast R-CNN used fast
+
+    voc: str | None = None  # VOCdevkit (or its parent); None = the embedded world
+    year: str = "2007"
+    splits: tuple[str, ...] = ("trainval", "test")
+    mode: str = "fast"
+    workers: int | None = None  # processes; None = every core
+    out: str | None = None  # copy the .mat files here too; None = only the cache

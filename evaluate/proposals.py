@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +28,10 @@ from cpfs_bench.bench.parallel import parallel_map, worker_count
 from cpfs_bench.bench.paths import bench_home
 from cpfs_bench.bench.runs import progress_bar
 from cpfs_bench.evaluate.boxes import mat_to_pixels, pixels_to_mat
+from cpfs_bench.evaluate.configs import ProposalsConfig
 from cpfs_bench.evaluate.datasets import DatasetFormatError, read_id_list, voc_image_path, voc_year_dir
 
-MODES = ("fast", "quality")
+MODES = ProposalsConfig.MODES
 CHUNK_IMAGES = 25  # images per resumable chunk file
 
 
@@ -202,16 +202,6 @@ def load_proposals(path, split_ids, split_file) -> list[np.ndarray]:
     if file_ids is None and len(boxes) != len(split_ids):
         raise ProposalFormatError(f"{path}: {len(boxes)} box cells but {split_file} lists {len(split_ids)} images")
     return boxes
-
-
-@dataclass(frozen=True)
-class ProposalsConfig:
-    voc: str | None = None  # VOCdevkit (or its parent); None = the embedded world
-    year: str = "2007"
-    splits: tuple[str, ...] = ("trainval", "test")
-    mode: str = "fast"
-    workers: int | None = None  # processes; None = every core
-    out: str | None = None  # copy the .mat files here too; None = only the cache
 
 
 def run(cfg: ProposalsConfig, progress: bool = True) -> dict[str, dict]:
