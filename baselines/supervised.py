@@ -16,7 +16,6 @@ always wins and every difference from the recipe is recorded in the checkpoint.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -26,17 +25,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from cpfs_bench.bench.checkpoint import MEAN, STD, load_checkpoint, save_checkpoint, set_rng_state
+from cpfs_bench.bench.checkpoint import MEAN, STD, save_checkpoint
 from cpfs_bench.bench.config import protocol_values, resolve
-from cpfs_bench.bench.runs import (
-    JsonlLog,
-    RunFolder,
-    StopRequests,
-    loader_workers,
-    progress_bar,
-    resolve_device,
-    scheduled_lr,
-)
+from cpfs_bench.bench.runs import TrainingRun, loader_workers, progress_bar, resolve_device, scheduled_lr
+from cpfs_bench.bench.world.defaults import default_imagenet_world
 from cpfs_bench.evaluate.datasets import imagenet_splits
 from cpfs_bench.pretrain.alexnet import ARCHITECTURES, build_trunk
 
@@ -85,14 +77,11 @@ class Classifier(nn.Module):
 
 
 def resolve_config(cfg: SupervisedConfig, explicit=()) -> tuple[SupervisedConfig, dict]:
-    """(cfg with data and preset resolved, deviations from the reference recipe)."""
-    if cfg.data is None:
-        from cpfs_bench.bench.world.defaults import default_imagenet_world
-
-        cfg = replace(cfg, data=str(default_imagenet_world()), preset=cfg.preset or "smoke")
+    """(cfg with the preset resolved, deviations from the reference recipe); cfg.data None = the embedded
+    world (preset "smoke" unless one is named), written by `run` once the config is checked."""
     if cfg.arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {cfg.arch!r}; choose from {ARCHITECTURES}")
-    return resolve(cfg, PRESETS, explicit, protocol_values(SupervisedConfig, PROTOCOL_FIELDS))
+    return resolve(cfg, PRESETS, explicit, protocol_values(SupervisedConfig, PROTOCOL_FIELDS), ("data",))
 
 
 @torch.no_grad()
@@ -112,7 +101,11 @@ def run(cfg: SupervisedConfig, progress: bool = True, explicit=()) -> dict:
     """Train; write OUT/last.pt (resumable) and OUT/final.pt (trunk + fc8 head, loss "supervised")."""
     cfg, deviations = resolve_config(cfg, explicit)
     device = resolve_device(cfg.device)
-    folder = RunFolder(cfg.out, "baseline supervised", asdict(cfg), cfg.resume, RESUME_MUST_MATCH)
+    if cfg.data is None:  # only now: a bad option must not first cost the world's minutes
+        cfg = replace(cfg, data=str(default_imagenet_world(progress=progress)))
+    training = TrainingRun(cfg.out, "baseline supervised", asdict(cfg), resume=cfg.resume, must_match=RESUME_MUST_MATCH,
+                           total=cfg.epochs, unit="epoch", log_key="epoch", desc="supervised baseline", device=device,
+                           progress=progress, ckpt_every=1, save_minutes=cfg.save_minutes)
     torch.manual_seed(cfg.seed)
     train_set, val_set = imagenet_splits(cfg.data, transforms.Compose([
         transforms.RandomResizedCrop(cfg.crop, scale=(cfg.min_crop_scale, 1.0)), transforms.RandomHorizontalFlip(),
@@ -129,62 +122,49 @@ def run(cfg: SupervisedConfig, progress: bool = True, explicit=()) -> dict:
                               drop_last=len(train_set) > cfg.batch_size, num_workers=workers,
                               pin_memory=device.type == "cuda")
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, num_workers=workers)
-    start_epoch = 0
-    if cfg.resume:
-        state = load_checkpoint(folder.last)
+    state = training.restore(optimizer)
+    if state:
         model.trunk.load_state_dict(state["trunk"])
         model.fc8.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
         generator.set_state(state["extra"]["loader_rng"])
-        start_epoch = state["step"]
     milestones = tuple(e / cfg.epochs for e in range(cfg.lr_step, cfg.epochs, cfg.lr_step))
     extra = {"normalization": {"mean": list(MEAN), "std": list(STD)}, "classes": list(train_set.classes),
              "deviations": deviations}
 
-    def save(epoch: int, path, resumable: bool = True) -> None:
-        save_checkpoint(path, arch=cfg.arch, trunk=model.trunk.state_dict(), head=model.fc8.state_dict(),
-                        loss="supervised", step=epoch, config=asdict(cfg),
-                        optimizer=optimizer.state_dict() if resumable else None, with_rng=resumable,
-                        extra={**extra, "loader_rng": generator.get_state()} if resumable else extra)
+    def parts(resumable: bool = True) -> dict:
+        """The checkpoint's model parts; the resumable last.pt also keeps the loader's shuffling state."""
+        return {"arch": cfg.arch, "trunk": model.trunk.state_dict(), "head": model.fc8.state_dict(),
+                "loss": "supervised", "extra": {**extra, "loader_rng": generator.get_state()} if resumable else extra}
 
-    log = JsonlLog(folder.log_path, resume_at=start_epoch if cfg.resume else None, key="epoch")
     start = time.perf_counter()
     model.train()
-    try:
-        with StopRequests(folder, cfg.save_minutes) as stop:
-            for epoch in range(start_epoch, cfg.epochs):
-                lr = scheduled_lr("step", cfg.lr, epoch, cfg.epochs, milestones, cfg.lr_gamma)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                bar = progress_bar(train_loader, desc=f"supervised epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                                   disable=not progress)
-                loss_sum, correct, seen = 0.0, 0, 0
-                for i, (images, labels) in enumerate(bar):
-                    images, labels = images.to(device, non_blocking=True), labels.to(device)
-                    logits = model(images)
-                    loss = F.cross_entropy(logits, labels)
-                    if not math.isfinite(loss.item()):
-                        raise RuntimeError(f"loss became {loss.item()} in epoch {epoch + 1}; try a lower --lr")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    loss_sum += loss.item() * len(labels)
-                    correct += (logits.detach().argmax(1) == labels).sum().item()
-                    seen += len(labels)
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
-                    if stop.requested:  # resume redoes this epoch from the state saved at its start
-                        stop.raise_if_requested(f"batch {i + 1} of epoch {epoch + 1} (a resume restarts epoch "
-                                                f"{epoch + 1})")
-                save(epoch + 1, folder.last)
-                stop.save_due(True)
-                log.write({"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
-                           "train_top1": 100 * correct / max(seen, 1)})
-                stop.raise_if_requested(f"epoch {epoch + 1}")
-            val_top1 = evaluate(model, val_loader, device)
-            log.write({"val_top1": val_top1})
-    finally:
-        log.close()
-    save(cfg.epochs, folder.final, resumable=False)
-    return {"out": str(folder.out), "checkpoint": str(folder.final), "val_top1": val_top1, "epochs": cfg.epochs,
-            "seconds": time.perf_counter() - start, "deviations": deviations, "data": cfg.data}
+    with training.start(optimizer, parts):
+        for epoch in training.epochs():
+            lr = scheduled_lr("step", cfg.lr, epoch, cfg.epochs, milestones, cfg.lr_gamma)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            bar = progress_bar(train_loader, desc=f"supervised epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                               leave=False, disable=not progress)
+            loss_sum, correct, seen = 0.0, 0, 0
+            for i, (images, labels) in enumerate(bar):
+                images, labels = images.to(device, non_blocking=True), labels.to(device)
+                logits = model(images)
+                loss = F.cross_entropy(logits, labels)
+                value = training.check_finite(loss)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += value * len(labels)
+                correct += (logits.detach().argmax(1) == labels).sum().item()
+                seen += len(labels)
+                bar.set_postfix(loss=f"{value:.3f}")
+                training.raise_if_stopping(f"batch {i + 1} of epoch {epoch + 1}")
+            training.step_done({"lr": lr, "train_loss": loss_sum / max(seen, 1),
+                                "train_top1": 100 * correct / max(seen, 1)})
+        val_top1 = evaluate(model, val_loader, device)
+        training.write({"val_top1": val_top1})
+    # weights only (no optimizer, RNG or loader state): what the evaluations take
+    save_checkpoint(training.folder.final, step=training.step, config=training.config, optimizer=None, with_rng=False,
+                    **parts(resumable=False))
+    return {"out": str(training.out), "checkpoint": str(training.folder.final), "val_top1": val_top1,
+            "epochs": cfg.epochs, "seconds": time.perf_counter() - start, "deviations": deviations, "data": cfg.data}

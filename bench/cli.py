@@ -405,15 +405,20 @@ def eval_linear_probe(config_file, **kw):
     """ImageNet per-layer linear probes on the frozen trunk (paper Table 2), all layers in one pass:
     avg-pooled conv1..conv5 (~9k dims) -> BatchNorm (no affine) -> linear; SGD 0.01, momentum 0.9,
     wd 5e-4, batch 256, 28 epochs, lr x0.1 at 8/16/24; top-1/top-5 on val."""
+    from pathlib import Path
+
     from cpfs_bench.evaluate.linear_probe import ProbeConfig, run
+    from cpfs_bench.results.plots import plot_linear_probes
 
     cfg, explicit = config_from_cli(ProbeConfig, "eval linear-probe", kw, config_file)
     s = run(cfg, explicit=explicit)
+    # this run's top-1 per layer beside the paper's Table 2 curves
+    figure = plot_linear_probes([r for r in s["records"] if r["metric"] == "top1"], Path(s["out"]) / "layers.png")
     for layer, sc in s["scores"].items():
         click.echo(f"{layer}: top-1 {sc['top1']:.1f}%  top-5 {sc['top5']:.1f}%  ({s['dims'][layer]} dims)")
     click.echo(f"linear-probe {s['method']} (run {s['run']}): records appended to {s['store']}"
                + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
-    click.echo(f"per-layer plot: {s['figure']}; training log: {s['log']}")
+    click.echo(f"per-layer plot: {figure}; training log: {s['log']}")
 
 
 @eval_group.command("voc07-svm", short_help="VOC07 per-layer linear SVMs (Goyal et al.).")

@@ -7,42 +7,28 @@ forward per batch. SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, 28 e
 epochs 8/16/24 (scaled with --epochs); resize 256, random crop 227, flip; centre crop at test.
 Top-1 and top-5 on val per layer, one record per layer and metric.
 
-The run folder holds probe_last.pt (each epoch; --resume), log.jsonl (one line per epoch: lr, mean
-training loss and top-1 per layer; a last line with the val scores) and layers.png (this run's top-1
-per layer beside the paper's Table 2 curves).
+The run folder holds last.pt (the probes' state at each epoch's end; --resume) and log.jsonl (one line
+per epoch: lr, mean training loss and top-1 per layer; a last line with the val scores); `bench eval
+linear-probe` also draws layers.png there (this run's top-1 per layer beside the paper's Table 2 curves)
+from the records `run` returns.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
+from cpfs_bench.bench.checkpoint import CheckpointError
 from cpfs_bench.bench.config import protocol_values, resolve
-from cpfs_bench.bench.runs import (
-    JsonlLog,
-    RunFolder,
-    StopRequests,
-    loader_workers,
-    progress_bar,
-    resolve_device,
-    scheduled_lr,
-)
-from cpfs_bench.evaluate.backbone import (
-    assert_trunk_unchanged,
-    default_method_name,
-    default_run_name,
-    evaluation_folder,
-    load_trunk,
-    trunk_fingerprint,
-)
+from cpfs_bench.bench.runs import TrainingRun, loader_workers, progress_bar, scheduled_lr
+from cpfs_bench.bench.world.defaults import default_imagenet_world
+from cpfs_bench.evaluate.backbone import assert_trunk_unchanged, trunk_fingerprint
 from cpfs_bench.evaluate.datasets import imagenet_splits
+from cpfs_bench.evaluate.evaluation import prepare
 from cpfs_bench.evaluate.features import (
     POOLINGS,
     PROBE_LAYERS,
@@ -91,18 +77,15 @@ class ProbeConfig:
 
 
 def resolve_probe_config(cfg: ProbeConfig, explicit=()) -> tuple[ProbeConfig, dict]:
-    """(cfg with the data folder and the preset resolved, deviations from the protocol). The embedded
-    world gets preset "smoke" unless one is named; `explicit` fields are never overridden."""
-    if cfg.data is None:
-        from cpfs_bench.bench.world.defaults import default_imagenet_world
-
-        cfg = replace(cfg, data=str(default_imagenet_world()), preset=cfg.preset or "smoke")
+    """(cfg with the preset resolved, deviations from the protocol); cfg.data None = the embedded world
+    (preset "smoke" unless one is named), written later by the evaluation entry. `explicit` fields are
+    never overridden."""
     unknown = set(cfg.layers) - set(PROBE_LAYERS)
     if unknown or not cfg.layers:
         raise ValueError(f"unknown layer(s) {sorted(unknown)}; choose from {PROBE_LAYERS}")
     if cfg.pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {cfg.pooling!r}; choose from {POOLINGS}")
-    return resolve(cfg, PRESETS, explicit, protocol_values(ProbeConfig, PROTOCOL_FIELDS))
+    return resolve(cfg, PRESETS, explicit, protocol_values(ProbeConfig, PROTOCOL_FIELDS), ("data",))
 
 
 class LayerProbes(nn.Module):
@@ -143,18 +126,14 @@ def evaluate_probes(trunk, probes, loader, layers, pooling, device, progress) ->
 
 
 def run(cfg: ProbeConfig, progress: bool = True, explicit=()) -> dict:
-    """Train and evaluate the probes; append records; returns {layer: {top1, top5}} plus run info.
+    """Train and evaluate the probes; append records; returns {"scores": {layer: {top1, top5}}, "records"
+    (those appended; `bench eval linear-probe` draws layers.png from them), "log",
+    "dims", "store", "data", "out", "method", "run", "deviations", "seconds"}.
     `explicit`: the fields the user gave (a preset never overrides them)."""
-    from cpfs_bench.bench.world.defaults import describe_dataset
-    from cpfs_bench.results.plots import plot_linear_probes
-    from cpfs_bench.results.store import append_records, default_store, make_record
-
-    cfg, deviations = resolve_probe_config(cfg, explicit)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    trunk, info = load_trunk(cfg.ckpt, device)
-    run_name = cfg.name or default_run_name(cfg.ckpt)
-    cfg = replace(cfg, out=cfg.out or str(evaluation_folder("linear-probe", run_name, info["sha256"])))
+    ev = prepare(cfg, kind="linear-probe", task="imagenet_linear", protocol=PROTOCOL,
+                 resolve_config=resolve_probe_config, explicit=explicit, data_fields=("data",),
+                 default_world=default_imagenet_world, progress=progress, trunk="frozen")
+    cfg, device, info, trunk = ev.cfg, ev.device, ev.info, ev.trunk
     fingerprint = trunk_fingerprint(trunk)
     train_set, val_set = imagenet_splits(cfg.data, train_transform(info["mean"], info["std"], cfg.resize, cfg.crop),
                                          eval_transform(info["mean"], info["std"], cfg.resize, cfg.crop))
@@ -171,80 +150,61 @@ def run(cfg: ProbeConfig, progress: bool = True, explicit=()) -> dict:
     optimizer = torch.optim.SGD(probes.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 fused=True)
 
-    config = {**asdict(cfg), "trunk_sha256": info["sha256"]}
-    folder = RunFolder(cfg.out, "eval linear-probe", config, cfg.resume, RESUME_MUST_MATCH + ("trunk_sha256",))
-    start_epoch = 0
-    if cfg.resume:
-        state = load_checkpoint(folder.last)
+    # the probes are small: their state is saved at every epoch's end (ckpt_every=1, and so on a signal)
+    training = TrainingRun(ev.out, "eval linear-probe", {**asdict(cfg), "trunk_sha256": info["sha256"]},
+                           resume=cfg.resume, must_match=RESUME_MUST_MATCH + ("trunk_sha256",), total=cfg.epochs,
+                           unit="epoch", log_key="epoch", desc="linear probes", device=device, progress=progress,
+                           ckpt_every=1, save_minutes=cfg.save_minutes)
+    state = training.restore(optimizer)
+    if state:
         if state["extra"].get("trunk_sha256") != info["sha256"]:
-            raise CheckpointError(f"{folder.last}: was trained on another checkpoint; cannot resume")
+            raise CheckpointError(f"{training.folder.last}: was trained on another checkpoint; cannot resume")
         probes.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["step"]
-        set_rng_state(state["rng"])
         generator.set_state(state["extra"]["loader_rng"])
 
     steps_per_epoch = len(train_loader)
-    start = time.perf_counter()
-    log = JsonlLog(folder.log_path, resume_at=start_epoch if cfg.resume else None, key="epoch")
-    try:
-        with StopRequests(folder, cfg.save_minutes) as stop:
-            for epoch in range(start_epoch, cfg.epochs):
-                bar = progress_bar(train_loader, desc=f"probe epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                                   disable=not progress)
-                loss_sum = {layer: torch.zeros((), device=device) for layer in cfg.layers}
-                correct = {layer: torch.zeros((), device=device) for layer in cfg.layers}
-                seen, epoch_start = 0, time.perf_counter()
-                for i, (images, labels) in enumerate(bar):
-                    lr = probe_lr(cfg, epoch + i / steps_per_epoch)
-                    for g in optimizer.param_groups:
-                        g["lr"] = lr
-                    images, labels = images.to(device, non_blocking=True), labels.to(device)
-                    features = pooled_features(trunk, images, cfg.layers, cfg.pooling)  # one forward, every probe
-                    logits = probes(features)
-                    losses = {layer: F.cross_entropy(out_, labels) for layer, out_ in logits.items()}
-                    loss = sum(losses.values())
-                    if not math.isfinite(loss.item()):
-                        raise RuntimeError(f"probe loss became {loss.item()} at epoch {epoch + 1}; try a lower --lr")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    bar.set_postfix({layer: f"{v.item():.2f}" for layer, v in losses.items()})
-                    for layer in cfg.layers:  # summed on the device: no extra synchronisation per layer
-                        loss_sum[layer] += losses[layer].detach() * len(labels)
-                        correct[layer] += (logits[layer].detach().argmax(1) == labels).sum()
-                    seen += len(labels)
-                    if stop.requested:  # an ImageNet epoch is long: leave now, resume redoes this epoch
-                        stop.raise_if_requested(f"batch {i + 1} of epoch {epoch + 1} (a resume restarts epoch "
-                                                f"{epoch + 1}; the state at its start is kept)")
-                # the probes are small: their state is saved at every epoch's end (and so on a signal)
-                save_checkpoint(folder.last, arch=info["arch"], trunk={}, head=probes.state_dict(),
-                                loss="linear-probe", step=epoch + 1, config=config, optimizer=optimizer.state_dict(),
-                                extra={"trunk_sha256": info["sha256"], "loader_rng": generator.get_state()})
-                stop.save_due(True)
-                log.write({"epoch": epoch + 1, "lr": lr,  # at the last step of the epoch
-                           "seconds": round(time.perf_counter() - epoch_start, 2),
-                           "train_loss": {layer: loss_sum[layer].item() / seen for layer in cfg.layers},
-                           "train_top1": {layer: 100 * correct[layer].item() / seen for layer in cfg.layers}})
-                stop.raise_if_requested(f"epoch {epoch + 1}")
-            scores = evaluate_probes(trunk, probes, val_loader, cfg.layers, cfg.pooling, device, progress)
-            assert_trunk_unchanged(trunk, fingerprint)
-            log.write({"val": scores})
-    finally:
-        log.close()
+    with training.start(optimizer, lambda: {"arch": info["arch"], "trunk": {}, "head": probes.state_dict(),
+                                            "loss": "linear-probe", "extra": {"trunk_sha256": info["sha256"],
+                                                                              "loader_rng": generator.get_state()}}):
+        for epoch in training.epochs():
+            bar = progress_bar(train_loader, desc=f"probe epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                               disable=not progress)
+            loss_sum = {layer: torch.zeros((), device=device) for layer in cfg.layers}
+            correct = {layer: torch.zeros((), device=device) for layer in cfg.layers}
+            seen, epoch_start = 0, time.perf_counter()
+            for i, (images, labels) in enumerate(bar):
+                lr = probe_lr(cfg, epoch + i / steps_per_epoch)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                images, labels = images.to(device, non_blocking=True), labels.to(device)
+                features = pooled_features(trunk, images, cfg.layers, cfg.pooling)  # one forward, every probe
+                logits = probes(features)
+                losses = {layer: F.cross_entropy(out_, labels) for layer, out_ in logits.items()}
+                loss = sum(losses.values())
+                training.check_finite(loss)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                bar.set_postfix({layer: f"{v.item():.2f}" for layer, v in losses.items()})
+                for layer in cfg.layers:  # summed on the device: no extra synchronisation per layer
+                    loss_sum[layer] += losses[layer].detach() * len(labels)
+                    correct[layer] += (logits[layer].detach().argmax(1) == labels).sum()
+                seen += len(labels)
+                training.raise_if_stopping(f"batch {i + 1} of epoch {epoch + 1}")  # an ImageNet epoch is long
+            training.step_done({"lr": lr,  # at the last step of the epoch
+                                "seconds": round(time.perf_counter() - epoch_start, 2),
+                                "train_loss": {layer: loss_sum[layer].item() / seen for layer in cfg.layers},
+                                "train_top1": {layer: 100 * correct[layer].item() / seen for layer in cfg.layers}})
+        scores = evaluate_probes(trunk, probes, val_loader, cfg.layers, cfg.pooling, device, progress)
+        assert_trunk_unchanged(trunk, fingerprint)
+        training.write({"val": scores})
 
-    method = cfg.method or default_method_name(info, cfg.ckpt)
-    dataset = describe_dataset(cfg.data, len(classes), "val", len(val_set))
-    records = [make_record("imagenet_linear", metric, scores[layer][metric], method=method, run=run_name,
-                           protocol=PROTOCOL, layer=layer, deviations=deviations, checkpoint=cfg.ckpt,
-                           checkpoint_sha256=info["sha256"], checkpoint_step=info["step"], dataset=cfg.data,
-                           dataset_info=dataset, split="val",
-                           extra={"input_dim": dims[layer], "classes": len(classes), "pooling": cfg.pooling,
-                                  "arch": info["arch"], "run_folder": str(folder.out)})
-               for layer in cfg.layers for metric in ("top1", "top5")]
-    store = Path(cfg.store) if cfg.store else default_store()
-    append_records(store, records)
-    figure = plot_linear_probes([r for r in records if r["metric"] == "top1"], folder.out / "layers.png")
-    return {"scores": scores, "figure": str(figure), "log": str(folder.log_path), "dims": dims, "method": method,
-            "run": run_name, "store": str(store), "out": str(folder.out),
-            "seconds": time.perf_counter() - start, "deviations": deviations, "data": cfg.data}
+    ev.test_set(cfg.data, len(classes), "val", len(val_set))
+    for layer in cfg.layers:
+        for metric in ("top1", "top5"):
+            ev.record(metric, scores[layer][metric], layer=layer,
+                      extra={"input_dim": dims[layer], "classes": len(classes), "pooling": cfg.pooling,
+                             "arch": info["arch"], "run_folder": str(ev.out)})
+    store = ev.write()
+    return ev.summary(scores=scores, records=ev.records, log=str(training.folder.log_path), dims=dims,
+                      store=str(store), data=cfg.data)

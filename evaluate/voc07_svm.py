@@ -110,7 +110,9 @@ class SVMConfig:
     method: str | None = None  # method name in the tables; None = from the checkpoint ("CPFS-KTA", ...)
     name: str | None = None  # run name (a table row); None = the checkpoint's run folder or stem
     device: str = "auto"
-    preset: str | None = None  # "smoke": SMOKE_COSTS, for a quick look (recorded as a deviation)
+    preset: str | None = None  # "smoke": SMOKE_COSTS, for a quick look (recorded as a deviation); None: "smoke" on
+    # the embedded world, else the protocol
+    seed: int = 0  # torch's seed, set by the evaluation entry (features and SVMs draw no random numbers)
 
 
 PROTOCOL_FIELDS = ("pooling", "costs", "cv_folds")
@@ -137,6 +139,23 @@ def check_config(cfg: SVMConfig) -> None:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0 (0 = every core), got {cfg.workers}")
+
+
+def resolve_config(cfg: SVMConfig, explicit=()) -> tuple[SVMConfig, dict]:
+    """(cfg checked, with the preset resolved, deviations from the protocol); cfg.voc None = the embedded
+    world, written later by the evaluation entry. A VOC folder given without VOC2007 in it is a
+    FileNotFoundError here, before the checkpoint is read.
+
+    The one evaluation whose embedded-world default is the protocol, not preset smoke: Goyal et al.'s full
+    26-cost sweep takes ~75 s there on 2 cores, and the ladder (README) and `bench reproduce --preset
+    default` report it; `--preset smoke` (4 costs) stays available."""
+    from cpfs_bench.bench.config import protocol_values, resolve
+
+    check_config(cfg)
+    if cfg.voc is not None:
+        voc_year_dir(cfg.voc, YEAR)  # FileNotFoundError naming the folder looked for
+    return resolve(replace(cfg, costs=tuple(float(c) for c in cfg.costs)), PRESETS, explicit,
+                   protocol_values(SVMConfig, PROTOCOL_FIELDS), data_fields=())
 
 
 def check_costs(costs) -> tuple[float, ...]:
@@ -411,35 +430,16 @@ def run(cfg: SVMConfig, progress: bool = True, explicit=()) -> dict:
     "convergence_warnings", "seconds"}}, "cache_hits": {split: {layer: bool}}, "cache_hit": bool (every
     feature came from the cache), "seconds": {"features", "svm", "total"}, "method", "deviations", "voc",
     "store"}. `explicit`: the fields the user gave (a preset never overrides them)."""
-    from cpfs_bench.bench.config import protocol_values, resolve
     from cpfs_bench.bench.paths import bench_home
-    from cpfs_bench.bench.runs import resolve_device
-    from cpfs_bench.evaluate.backbone import (
-        assert_trunk_unchanged,
-        default_method_name,
-        default_run_name,
-        load_trunk,
-        trunk_fingerprint,
-    )
-    from cpfs_bench.bench.world.defaults import describe_dataset
-    from cpfs_bench.results.store import append_records, default_store, make_record
+    from cpfs_bench.bench.world.defaults import default_voc_world
+    from cpfs_bench.evaluate.backbone import assert_trunk_unchanged, trunk_fingerprint
+    from cpfs_bench.evaluate.evaluation import prepare
 
-    start = time.perf_counter()
-    if cfg.voc is None:
-        from cpfs_bench.bench.world.defaults import default_voc_world
-
-        voc = str(default_voc_world(progress=progress))
-    else:
-        voc = cfg.voc
-    check_config(cfg)
-    cfg, deviations = resolve(replace(cfg, costs=tuple(float(c) for c in cfg.costs)), PRESETS, explicit,
-                              protocol_values(SVMConfig, PROTOCOL_FIELDS))
-    voc_year_dir(voc, YEAR)  # FileNotFoundError naming the folder looked for
+    ev = prepare(cfg, kind="voc07-svm", task=TASK, protocol=PROTOCOL, resolve_config=resolve_config,
+                 explicit=explicit, data_fields=("voc",), default_world=default_voc_world, progress=progress,
+                 trunk="frozen", folder=False)
+    cfg, device, info, trunk, voc = ev.cfg, ev.device, ev.info, ev.trunk, ev.cfg.voc
     cache_root = Path(cfg.cache) if cfg.cache else bench_home() / "cache" / "features"
-    store = Path(cfg.store) if cfg.store else default_store()
-
-    device = resolve_device(cfg.device)
-    trunk, info = load_trunk(cfg.ckpt, device)
     fingerprint = trunk_fingerprint(trunk)
     # image decoding in background processes while the trunk runs (none when asked for one worker)
     loader_workers = 0 if cfg.workers == 1 else min(4, (cfg.workers or os.cpu_count() or 1) - 1)
@@ -449,12 +449,12 @@ def run(cfg: SVMConfig, progress: bool = True, explicit=()) -> dict:
             trunk, info, voc, split, cfg.layers, cfg.pooling, cache_root, cfg.batch_size, device, loader_workers,
             progress)
     assert_trunk_unchanged(trunk, fingerprint)
-    feature_seconds = time.perf_counter() - start
+    feature_seconds = time.perf_counter() - ev.started
 
-    method = cfg.method or default_method_name(info, cfg.ckpt)
-    run_name = cfg.name or default_run_name(cfg.ckpt)
-    dataset = describe_dataset(voc_year_dir(voc, YEAR), 20, "test", len(labels["test"]))
-    layers, records = {}, []
+    # the records name the folder given (--voc); their dataset_info describes its VOC2007 folder
+    ev.test_set(voc_year_dir(voc, YEAR), 20, "test", len(labels["test"]))
+    ev.dataset = voc
+    layers = {}
     for layer in cfg.layers:
         t0 = time.perf_counter()
         out = svm_layer(feats["trainval"][layer], labels["trainval"], feats["test"][layer], labels["test"],
@@ -473,18 +473,14 @@ def run(cfg: SVMConfig, progress: bool = True, explicit=()) -> dict:
         print(f"VOC07 SVM {layer}: mAP {mean_ap:.2f} over {20 - len(skipped)} classes"
               + (f" (skipped {', '.join(f'{c}: {why}' for c, why in skipped.items())})" if skipped else ""),
               file=sys.stderr)
-        records.append(make_record(
-            TASK, "mAP", mean_ap, method=method, run=run_name, protocol=PROTOCOL, layer=layer, deviations=deviations,
-            checkpoint=cfg.ckpt, checkpoint_sha256=info["sha256"], checkpoint_step=info["step"], dataset=voc,
-            dataset_info=dataset, split="test",
-            extra={"feature_dim": dim, "best_costs": best,
-                   "ap": {c: (None if math.isnan(a) else a) for c, a in ap.items()},
-                   "skipped_classes": skipped, "notes": notes, "cv_metric": CV_METRIC, "test_metric": TEST_METRIC,
-                   "train_images": len(labels["trainval"]), "test_images": len(labels["test"]),
-                   "pooling": cfg.pooling, "arch": info["arch"], "convergence_warnings": out["convergence_warnings"]}))
-    append_records(store, records)
-    total = time.perf_counter() - start
+        ev.record("mAP", mean_ap, layer=layer, extra={
+            "feature_dim": dim, "best_costs": best, "ap": {c: (None if math.isnan(a) else a) for c, a in ap.items()},
+            "skipped_classes": skipped, "notes": notes, "cv_metric": CV_METRIC, "test_metric": TEST_METRIC,
+            "train_images": len(labels["trainval"]), "test_images": len(labels["test"]), "pooling": cfg.pooling,
+            "arch": info["arch"], "convergence_warnings": out["convergence_warnings"]})
+    store = ev.write()
+    total = time.perf_counter() - ev.started
     return {"mAP": {layer: v["mAP"] for layer, v in layers.items()}, "layers": layers, "cache_hits": hits,
             "cache_hit": all(all(h.values()) for h in hits.values()),
             "seconds": {"features": feature_seconds, "svm": total - feature_seconds, "total": total},
-            "method": method, "run": run_name, "deviations": deviations, "voc": voc, "store": str(store)}
+            "method": ev.method, "run": ev.run_name, "deviations": ev.deviations, "voc": voc, "store": str(store)}
