@@ -17,7 +17,7 @@ always wins and every difference from the recipe is recorded in the checkpoint.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from cpfs_bench.baselines.configs import SupervisedConfig
 from cpfs_bench.bench.checkpoint import MEAN, STD, save_checkpoint
 from cpfs_bench.bench.config import protocol_values, resolve
 from cpfs_bench.bench.runs import TrainingRun, loader_workers, progress_bar, resolve_device, scheduled_lr
@@ -32,34 +33,11 @@ from cpfs_bench.bench.world.defaults import default_imagenet_world
 from cpfs_bench.evaluate.datasets import imagenet_splits
 from cpfs_bench.pretrain.alexnet import ARCHITECTURES, build_trunk
 
-PRESETS = {"smoke": {"epochs": 10, "batch_size": 32, "lr": 0.003, "lr_step": 7, "min_crop_scale": 0.35}}
+PRESETS = SupervisedConfig.PRESETS
 PROTOCOL_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma", "crop",
                    "min_crop_scale", "resize")
 RESUME_MUST_MATCH = ("data", "arch", "epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma",
                      "crop", "min_crop_scale", "resize", "seed")
-
-
-@dataclass(frozen=True)
-class SupervisedConfig:
-    data: str | None = None  # ImageNet-layout root (train/<wnid>/, val/<wnid>/); None = the embedded world
-    out: str = "runs/supervised"  # run folder; the checkpoint to evaluate is OUT/final.pt
-    arch: str = "caffenet_bn"
-    epochs: int = 90
-    batch_size: int = 256
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_step: int = 30  # epochs between lr drops
-    lr_gamma: float = 0.1
-    crop: int = 227
-    min_crop_scale: float = 0.08  # RandomResizedCrop's smallest area fraction (torchvision's default)
-    resize: int = 256  # validation: shorter side, then centre crop
-    preset: str | None = None  # None: "smoke" on the embedded world
-    seed: int = 0
-    device: str = "auto"
-    workers: int | None = None
-    save_minutes: float = 10.0
-    resume: bool = False
 
 
 class Classifier(nn.Module):

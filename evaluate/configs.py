@@ -10,6 +10,71 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+#: the probed layers, conv1..conv5 (evaluate/features.py pools them)
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+#: Goyal et al.'s SVM cost sweep (26 values)
+GOYAL19_COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0) + tuple(0.5**k for k in range(4, 20))
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The FAIR/VISSL linear-probe protocol (defaults) and the run's own settings."""
+    PROTOCOL: ClassVar[str] = "fair-imagenet-linear-probe"
+    POOLINGS: ClassVar[tuple[str, ...]] = ("avg", "bilinear")  # avg: FAIR/VISSL; bilinear: Zhang et al.'s resize
+    # the embedded world is tiny: a short run that still shows the layer trend; never overrides what the
+    # user typed, and recorded as deviations like any other difference from the protocol
+    PRESETS: ClassVar[dict] = {"smoke": {"epochs": 3, "batch_size": 32}}
+
+
+    ckpt: str = ""
+    data: str | None = None  # ImageNet root (train/<wnid>, val/<wnid>); None = the embedded world + preset smoke
+    layers: tuple[str, ...] = LAYERS
+    pooling: str = "avg"  # "bilinear" = Zhang et al.'s resize variant
+    epochs: int = 28
+    milestones: tuple[int, ...] = (8, 16, 24)  # in epochs of the 28-epoch schedule; scaled with epochs
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    resize: int = 256
+    crop: int = 227
+    preset: str | None = None  # None: "smoke" on the embedded world, else the protocol
+    seed: int = 0
+    device: str = "auto"
+    workers: int | None = None  # data-loading processes; None = 0 on CPU, min(8, cores) on CUDA
+    out: str | None = None  # run folder; None = runs/linear-probe-<run>-<checkpoint short sha>
+    resume: bool = False
+    store: str | None = None  # results records; None = $CPFS_BENCH_HOME/results/records.jsonl
+    method: str | None = None  # method name in the tables; None = from the checkpoint
+    name: str | None = None  # run name (a table row); None = the checkpoint's run folder or stem
+    save_minutes: float = 10.0  # resumable state also after this much wall time within an epoch's end
+
+
+@dataclass(frozen=True)
+class SVMConfig:
+    """Goyal et al.'s per-layer VOC07 linear SVMs (evaluate/voc07_svm.py)."""
+
+    PROTOCOL: ClassVar[str] = "goyal19-voc07-svm"
+    # a quick look; the full 26-cost protocol runs on the embedded world in ~75 s on 2 CPU cores
+    PRESETS: ClassVar[dict] = {"smoke": {"costs": (0.01, 0.1, 1.0, 10.0)}}
+
+    ckpt: str = ""  # a cpfs-bench checkpoint, or a plain CaffeNet or torchvision AlexNet state_dict
+    voc: str | None = None  # VOCdevkit root (or its parent); None = the embedded world (bench.paths)
+    layers: tuple[str, ...] = LAYERS
+    pooling: str = "avg"  # "bilinear" = Zhang et al.'s resize variant (a deviation)
+    costs: tuple[float, ...] = GOYAL19_COSTS
+    cv_folds: int = 3
+    workers: int = 0  # SVM processes; 0 = every core
+    batch_size: int = 32  # images per trunk forward
+    cache: str | None = None  # feature cache root; None = $CPFS_BENCH_HOME/cache/features
+    store: str | None = None  # results records; None = $CPFS_BENCH_HOME/results/records.jsonl
+    method: str | None = None  # method name in the tables; None = from the checkpoint ("CPFS-KTA", ...)
+    name: str | None = None  # run name (a table row); None = the checkpoint's run folder or stem
+    device: str = "auto"
+    preset: str | None = None  # "smoke": SMOKE_COSTS, for a quick look (recorded as a deviation); None: "smoke" on
+    # the embedded world, else the protocol
+    seed: int = 0  # torch's seed, set by the evaluation entry (features and SVMs draw no random numbers)
+
 
 @dataclass(frozen=True)
 class VOCClsConfig:

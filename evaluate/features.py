@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-PROBE_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+from cpfs_bench.evaluate.configs import LAYERS as PROBE_LAYERS
+from cpfs_bench.evaluate.configs import ProbeConfig
 # {trunk family: {layer: (avg-pool kernel, stride, output size)}}
 PROBE_POOLING = {
     "caffenet": {"conv1": (19, 4, 10), "conv2": (12, 3, 6), "conv3": (9, 1, 5), "conv4": (9, 1, 5), "conv5": (8, 1, 6)},
     "alexnet": {"conv1": (11, 4, 12), "conv2": (9, 3, 7), "conv3": (9, 1, 5), "conv4": (8, 1, 6), "conv5": (8, 1, 6)},
 }
-POOLINGS = ("avg", "bilinear")
+POOLINGS = ProbeConfig.POOLINGS
 
 
 def probe_pooling(arch: str) -> dict[str, tuple[int, int, int]]:

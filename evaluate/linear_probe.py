@@ -15,7 +15,7 @@ from the records `run` returns.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from cpfs_bench.bench.config import protocol_values, resolve
 from cpfs_bench.bench.runs import TrainingRun, loader_workers, progress_bar, scheduled_lr
 from cpfs_bench.bench.world.defaults import default_imagenet_world
 from cpfs_bench.evaluate.backbone import assert_trunk_unchanged, trunk_fingerprint
+from cpfs_bench.evaluate.configs import ProbeConfig
 from cpfs_bench.evaluate.datasets import imagenet_splits
 from cpfs_bench.evaluate.evaluation import prepare
 from cpfs_bench.evaluate.features import (
@@ -38,42 +39,12 @@ from cpfs_bench.evaluate.features import (
     train_transform,
 )
 
-PROTOCOL = "fair-imagenet-linear-probe"
-# the embedded world is tiny: a short run that still shows the layer trend; never overrides what the
-# user typed, and recorded as deviations like any other difference from the protocol
-PRESETS = {"smoke": {"epochs": 3, "batch_size": 32}}
+PROTOCOL = ProbeConfig.PROTOCOL
+PRESETS = ProbeConfig.PRESETS
 PROTOCOL_FIELDS = ("pooling", "epochs", "milestones", "lr", "momentum", "weight_decay", "batch_size", "resize", "crop")
 # a resumed probe run must agree on these
 RESUME_MUST_MATCH = ("data", "layers", "pooling", "epochs", "milestones", "lr", "momentum", "weight_decay",
                      "batch_size", "resize", "crop", "seed")
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """The FAIR/VISSL linear-probe protocol (defaults) and the run's own settings."""
-
-    ckpt: str = ""
-    data: str | None = None  # ImageNet root (train/<wnid>, val/<wnid>); None = the embedded world + preset smoke
-    layers: tuple[str, ...] = PROBE_LAYERS
-    pooling: str = "avg"  # "bilinear" = Zhang et al.'s resize variant
-    epochs: int = 28
-    milestones: tuple[int, ...] = (8, 16, 24)  # in epochs of the 28-epoch schedule; scaled with epochs
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    resize: int = 256
-    crop: int = 227
-    preset: str | None = None  # None: "smoke" on the embedded world, else the protocol
-    seed: int = 0
-    device: str = "auto"
-    workers: int | None = None  # data-loading processes; None = 0 on CPU, min(8, cores) on CUDA
-    out: str | None = None  # run folder; None = runs/linear-probe-<run>-<checkpoint short sha>
-    resume: bool = False
-    store: str | None = None  # results records; None = $CPFS_BENCH_HOME/results/records.jsonl
-    method: str | None = None  # method name in the tables; None = from the checkpoint
-    name: str | None = None  # run name (a table row); None = the checkpoint's run folder or stem
-    save_minutes: float = 10.0  # resumable state also after this much wall time within an epoch's end
 
 
 def resolve_probe_config(cfg: ProbeConfig, explicit=()) -> tuple[ProbeConfig, dict]:

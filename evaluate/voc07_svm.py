@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,16 +67,16 @@ from threadpoolctl import threadpool_limits
 from cpfs_bench.bench.files import atomic_write_bytes
 from cpfs_bench.bench.parallel import worker_count
 from cpfs_bench.bench.runs import progress_bar
+from cpfs_bench.evaluate.configs import GOYAL19_COSTS, SVMConfig
 from cpfs_bench.evaluate.datasets import VOC_CLASSES, voc_classification_labels, voc_image_path, voc_year_dir
 from cpfs_bench.evaluate.metrics import classification_ap
 
 # torch (through evaluate.features) is imported only where features are extracted: the SVM worker
 # processes import this module, and torch + torchvision would add seconds to each one's start-up.
 
-PROTOCOL = "goyal19-voc07-svm"
+PROTOCOL = SVMConfig.PROTOCOL
 TASK = "voc07_svm"
 YEAR = "2007"
-GOYAL19_COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0) + tuple(0.5**k for k in range(4, 20))
 VISSL_ALEXNET_COSTS = (0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0)
 CLASS_WEIGHT = {1: 2, -1: 1}
 TOL = 1e-4
@@ -89,36 +89,9 @@ CV_METRIC = "sklearn average_precision_score (non-interpolated), mean over folds
 TEST_METRIC = "all-point"
 
 
-def _probe_layers() -> tuple[str, ...]:
-    from cpfs_bench.evaluate.features import PROBE_LAYERS
-
-    return PROBE_LAYERS
-
-
-@dataclass(frozen=True)
-class SVMConfig:
-    ckpt: str = ""  # a cpfs-bench checkpoint, or a plain CaffeNet or torchvision AlexNet state_dict
-    voc: str | None = None  # VOCdevkit root (or its parent); None = the embedded world (bench.paths)
-    layers: tuple[str, ...] = field(default_factory=_probe_layers)  # default: PROBE_LAYERS, conv1..conv5
-    pooling: str = "avg"  # "bilinear" = Zhang et al.'s resize variant (a deviation)
-    costs: tuple[float, ...] = GOYAL19_COSTS
-    cv_folds: int = 3
-    workers: int = 0  # SVM processes; 0 = every core
-    batch_size: int = 32  # images per trunk forward
-    cache: str | None = None  # feature cache root; None = $CPFS_BENCH_HOME/cache/features
-    store: str | None = None  # results records; None = $CPFS_BENCH_HOME/results/records.jsonl
-    method: str | None = None  # method name in the tables; None = from the checkpoint ("CPFS-KTA", ...)
-    name: str | None = None  # run name (a table row); None = the checkpoint's run folder or stem
-    device: str = "auto"
-    preset: str | None = None  # "smoke": SMOKE_COSTS, for a quick look (recorded as a deviation); None: "smoke" on
-    # the embedded world, else the protocol
-    seed: int = 0  # torch's seed, set by the evaluation entry (features and SVMs draw no random numbers)
-
-
 PROTOCOL_FIELDS = ("pooling", "costs", "cv_folds")
-# a quick look; the full 26-cost protocol runs on the embedded world in ~75 s on 2 CPU cores
-SMOKE_COSTS = (0.01, 0.1, 1.0, 10.0)
-PRESETS = {"smoke": {"costs": SMOKE_COSTS}}
+PRESETS = SVMConfig.PRESETS
+SMOKE_COSTS = PRESETS["smoke"]["costs"]
 
 
 def check_config(cfg: SVMConfig) -> None:
