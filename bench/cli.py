@@ -8,37 +8,42 @@ Exit codes: 0 done, 1 failed (the message names the cause and the file), 2 usage
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from cpfs_bench.baselines.supervised import PRESETS as SUPERVISED_PRESETS
-from cpfs_bench.baselines.supervised import SupervisedConfig
-from cpfs_bench.bench.config import dataclass_defaults
-from cpfs_bench.bench.world.imagenet import ImageNetWorldConfig
-from cpfs_bench.bench.world.videos import VideoWorldConfig
-from cpfs_bench.bench.world.voc import VOCWorldConfig
-from cpfs_bench.evaluate.linear_probe import PRESETS as PROBE_PRESETS
-from cpfs_bench.evaluate.linear_probe import ProbeConfig
-from cpfs_bench.evaluate.voc07_cls import PRESETS as CLS_PRESETS
-from cpfs_bench.evaluate.voc07_cls import TRAIN_FROM, VOCClsConfig
-from cpfs_bench.evaluate.voc07_det import PRESETS as DET_PRESETS
-from cpfs_bench.evaluate.voc07_det import VOCDetConfig
-from cpfs_bench.evaluate.voc07_svm import SVMConfig
-from cpfs_bench.evaluate.voc12_seg import PRESETS as SEG_PRESETS
-from cpfs_bench.evaluate.voc12_seg import VOCSegConfig
-from cpfs_bench.pretrain.extract import FlowConfig
-from cpfs_bench.pretrain.flow import METHODS
-from cpfs_bench.pretrain.losses import LOSSES
-from cpfs_bench.pretrain.train import PretrainConfig
+from cpfs_bench.baselines.configs import TRUNK_ARCHS, RandomInitConfig, RandomRescaledConfig, SupervisedConfig
+from cpfs_bench.bench.config import EMBEDDED_PRESET, dataclass_defaults
+from cpfs_bench.bench.losses import LOSSES
+from cpfs_bench.bench.registry import BY_COMMAND
+from cpfs_bench.bench.reproduce import PRESETS as REPRODUCE_PRESETS
+from cpfs_bench.bench.reproduce import ReproduceConfig
+from cpfs_bench.bench.world.configs import ImageNetWorldConfig, VideoWorldConfig, VOCWorldConfig
+from cpfs_bench.evaluate.configs import (
+    ProbeConfig,
+    ProposalsConfig,
+    SVMConfig,
+    VOCClsConfig,
+    VOCDetConfig,
+    VOCSegConfig,
+)
+from cpfs_bench.pretrain.configs import FLOW_METHODS, FlowConfig, PretrainConfig
+
+# Only click and the torch-free config dataclasses are imported here: `bench --help` and `bench X --help`
+# take well under a second; each command imports what it runs.
 
 POSITIVE = click.IntRange(min=1)
 NON_NEGATIVE = click.IntRange(min=0)
 POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
 
 
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
 def _preset_note(presets, field) -> str:
-    notes = [f"{name} preset: {values[field]}" for name, values in presets.items() if field in values]
+    notes = [f"{name} preset: {_shown(values[field])}" for name, values in presets.items() if field in values]
     return f" [{'; '.join(notes)}]" if notes else ""
 
 
@@ -49,8 +54,7 @@ def fails_cleanly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from cpfs_bench.bench.checkpoint import CheckpointError
-        from cpfs_bench.bench.runs import RunInterrupted
-        from cpfs_bench.pretrain.train import TrainingDiverged
+        from cpfs_bench.bench.runs import RunInterrupted, TrainingDiverged
 
         try:
             return fn(*args, **kwargs)
@@ -182,7 +186,7 @@ def world_imagenet(**kw):
 @main.command("flow", short_help="Frames and optical flow (KITTI PNG) of videos.")
 @click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--method", type=click.Choice(METHODS), default=defaults_of(FlowConfig)["method"], show_default=True)
+@click.option("--method", type=click.Choice(FLOW_METHODS), default=defaults_of(FlowConfig)["method"], show_default=True)
 @click.option("--resize", nargs=2, type=POSITIVE, default=None, metavar="H W", help="Resize frames first.")
 @click.option("--stride", type=POSITIVE, default=defaults_of(FlowConfig)["stride"], show_default=True,
               help="Keep every k-th frame.")
@@ -216,7 +220,7 @@ def _pretrain_options(fn):
         click.option("--data", type=click.Path(), default=None,
                      help="A `bench flow` output folder. Default: the embedded video world (built on first use)."),
         click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder [runs/pretrain-<loss>]."),
-        click.option("--arch", type=click.Choice(["caffenet_bn", "caffenet"]), default=d["arch"], show_default=True),
+        click.option("--arch", type=click.Choice(TRUNK_ARCHS), default=d["arch"], show_default=True),
         click.option("--iters", type=POSITIVE, default=d["iters"], show_default=True),
         click.option("--batch-size", type=POSITIVE, default=d["batch_size"], show_default=True),
         click.option("--pixels", type=POSITIVE, default=d["pixels"], show_default=True, help="Sampled pixels per image."),
@@ -284,8 +288,8 @@ def baseline():
 
 @baseline.command("random", short_help="A seeded random initialisation.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
-@click.option("--arch", type=click.Choice(["caffenet_bn", "caffenet"]), default="caffenet_bn", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--arch", type=click.Choice(TRUNK_ARCHS), default=RandomInitConfig.arch, show_default=True)
+@click.option("--seed", type=int, default=RandomInitConfig.seed, show_default=True)
 @fails_cleanly
 def baseline_random(out, arch, seed):
     """The project's initialisation of the trunk (Kaiming normal, zero biases), seeded: the same seed
@@ -298,13 +302,16 @@ def baseline_random(out, arch, seed):
 
 @baseline.command("random-rescaled", short_help="Krähenbühl et al.'s rescaled random init (magic_init).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
-@click.option("--arch", type=click.Choice(["caffenet_bn", "caffenet"]), default="caffenet_bn", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Gaussian weights and the image draw.")
+@click.option("--arch", type=click.Choice(TRUNK_ARCHS), default=RandomRescaledConfig.arch, show_default=True)
+@click.option("--seed", type=int, default=RandomRescaledConfig.seed, show_default=True,
+              help="Gaussian weights and the image draw.")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of images (searched recursively). Default: the embedded ImageNet world's train split.")
-@click.option("--batches", type=POSITIVE, default=10, show_default=True, help="Batches of images (magic_init -nit).")
-@click.option("--batch-size", type=POSITIVE, default=16, show_default=True, help="Images per batch (magic_init -bs).")
-@click.option("--bias", type=float, default=0.1, show_default=True,
+@click.option("--batches", type=POSITIVE, default=RandomRescaledConfig.batches, show_default=True,
+              help="Batches of images (magic_init -nit).")
+@click.option("--batch-size", type=POSITIVE, default=RandomRescaledConfig.batch_size, show_default=True,
+              help="Images per batch (magic_init -bs).")
+@click.option("--bias", type=float, default=RandomRescaledConfig.bias, show_default=True,
               help="Each channel's mean before the ReLU: bias = -mu/sigma + this (magic_init -b).")
 @click.option("--equalize-gradients", is_flag=True,
               help="Then equalise the gradient / weight ratios between layers (magic_init -cs).")
@@ -312,7 +319,7 @@ def baseline_random(out, arch, seed):
 def baseline_random_rescaled(**kw):
     """Gaussian weights, then layer by layer (conv1 .. fc7) each channel's output before the ReLU rescaled on
     real images to mean `--bias` and standard deviation 1 (Krähenbühl et al. 2016, philkr/magic_init "elwise")."""
-    from cpfs_bench.baselines.random_rescaled import RandomRescaledConfig, write_random_rescaled_checkpoint
+    from cpfs_bench.baselines.random_rescaled import write_random_rescaled_checkpoint
 
     s = write_random_rescaled_checkpoint(RandomRescaledConfig(**kw))
     sigmas = ", ".join(f"{k} {v['sigma']:.3g}" for k, v in s["layers"].items())
@@ -325,7 +332,7 @@ def baseline_random_rescaled(**kw):
 
 def _supervised_option(name, **kw):
     d = defaults_of(SupervisedConfig)
-    note = _preset_note(SUPERVISED_PRESETS, name.replace("-", "_"))
+    note = _preset_note(SupervisedConfig.PRESETS, name.replace("-", "_"))
     return click.option(f"--{name}", default=d[name.replace("-", "_")], show_default=True,
                         help=kw.pop("help", "") + note, **kw)
 
@@ -335,7 +342,7 @@ def _supervised_option(name, **kw):
               help="ImageNet-layout root (train/<wnid>/, val/<wnid>/). Default: the embedded world, --preset smoke.")
 @click.option("--out", type=click.Path(file_okay=False), default=defaults_of(SupervisedConfig)["out"],
               show_default=True, help="Run folder; the checkpoint to evaluate is OUT/final.pt.")
-@click.option("--arch", type=click.Choice(["caffenet_bn", "caffenet"]), default=defaults_of(SupervisedConfig)["arch"],
+@click.option("--arch", type=click.Choice(TRUNK_ARCHS), default=defaults_of(SupervisedConfig)["arch"],
               show_default=True)
 @_supervised_option("epochs", type=POSITIVE)
 @_supervised_option("batch-size", type=POSITIVE)
@@ -343,7 +350,7 @@ def _supervised_option(name, **kw):
 @_supervised_option("lr-step", type=POSITIVE, help="Epochs between lr drops (x0.1).")
 @_supervised_option("min-crop-scale", type=click.FloatRange(0.01, 1.0),
                     help="Smallest area fraction of the random-resized training crops.")
-@click.option("--preset", type=click.Choice(sorted(SUPERVISED_PRESETS)), default=None,
+@click.option("--preset", type=click.Choice(sorted(SupervisedConfig.PRESETS)), default=None,
               help="smoke: a short run for the embedded world (its default); options you type win; recorded.")
 @click.option("--seed", type=int, default=defaults_of(SupervisedConfig)["seed"], show_default=True)
 @click.option("--device", default=defaults_of(SupervisedConfig)["device"], show_default=True, help="auto, cpu or cuda[:N].")
@@ -373,41 +380,87 @@ def eval_group():
 CKPT_HELP = "cpfs-bench checkpoint (final.pt of a run), or a plain CaffeNet or torchvision AlexNet state_dict."
 
 
-@eval_group.command("linear-probe", short_help="ImageNet per-layer linear probes (Table 2).")
-@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help=CKPT_HELP)
+def _preset_help(cls) -> str:
+    described = "; ".join(f"{name}: " + ", ".join(f"{k.replace('_', '-')} {_shown(v)}" for k, v in values.items())
+                          for name, values in cls.PRESETS.items())
+    embedded = getattr(cls, "EMBEDDED_PRESET", EMBEDDED_PRESET)
+    default = (f"{embedded.capitalize()} is the embedded world's default (a pipeline check, not a measurement)"
+               if embedded
+               else "The embedded world runs the protocol")
+    return f"{described}. {default}; options you type win; recorded as deviations."
+
+
+def evaluation_options(cls, command: str, *, model_role: str | None = None, folder: bool = True,
+                       workers_help: str = "Data-loading processes [0 on CPU, 8 on CUDA]."):
+    """The options every `bench eval` command shares, declared once, defaults read from the config dataclass
+    `cls`: first --ckpt (with --eval-only and --model where the task re-scores a model it trained:
+    model_role names it), then, after the task's own options, --preset, --seed, --device, --workers, --out,
+    --resume, --config (tasks with a run folder), --store, --method, --name."""
+    d = defaults_of(cls)
+    head = [click.option("--ckpt", type=click.Path(exists=True, dir_okay=False), default=None,
+                         required=model_role is None,
+                         help=CKPT_HELP + (" Required unless --eval-only." if model_role else ""))]
+    if model_role:
+        head += [click.option("--eval-only", is_flag=True, help=f"Only test: re-score the {model_role} given by --model."),
+                 click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
+                              help=f"With --eval-only: a {command} run's final.pt.")]
+    tail = [click.option("--preset", type=click.Choice(sorted(cls.PRESETS)), default=None,
+                         help=_preset_help(cls)),
+            click.option("--seed", type=int, default=d.get("seed"), show_default=True) if "seed" in d else None,
+            click.option("--device", default=d["device"], show_default=True, help="auto, cpu or cuda[:N]."),
+            click.option("--workers", type=NON_NEGATIVE, default=d["workers"], show_default=d["workers"] is not None,
+                         help=workers_help)]
+    tail = [option for option in tail if option is not None]  # (the SVMs draw nothing at random: no --seed)
+    if folder:
+        tail += [click.option("--out", type=click.Path(file_okay=False), default=None,
+                              help=f"Run folder [runs/{command}-<run>-<checkpoint sha>]."),
+                 click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")]
+    tail += [click.option("--store", type=click.Path(dir_okay=False), default=None, help="Results records file."),
+             click.option("--method", default=None, help="Method name in the tables [from the checkpoint]."),
+             click.option("--name", default=None, help="Run name, a table row of its own [the checkpoint's run folder].")]
+    if folder:
+        tail.append(click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+                                 help=f"A {command} run's config.json: rerun with its settings (options typed here win)."))
+
+    def wrap(fn):
+        # placed right under the command's decorator, so the task's options are already on fn (decorators
+        # apply bottom-up; click lists them reversed): the tail goes after them, the head before
+        task_params = getattr(fn, "__click_params__", [])
+        fn.__click_params__ = []
+        for option in reversed(tail):
+            fn = option(fn)
+        fn.__click_params__ = fn.__click_params__ + task_params
+        for option in reversed(head):
+            fn = option(fn)
+        return fn
+
+    return wrap
+
+
+def _finish_eval(command: str, s: dict) -> None:
+    click.echo(f"{command} {s['method']} (run {s['run']}): records appended to {s['store']}"
+               + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
+
+
+@eval_group.command("linear-probe", short_help=BY_COMMAND["linear-probe"].summary)
+@evaluation_options(ProbeConfig, "linear-probe")
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="ImageNet root (train/<wnid>/, val/<wnid>/). Default: the embedded world, with --preset smoke.")
 @click.option("--layers", default=",".join(defaults_of(ProbeConfig)["layers"]), show_default=True,
               callback=comma_list())
-@click.option("--pooling", type=click.Choice(["avg", "bilinear"]), default=defaults_of(ProbeConfig)["pooling"],
+@click.option("--pooling", type=click.Choice(ProbeConfig.POOLINGS), default=defaults_of(ProbeConfig)["pooling"],
               show_default=True, help="avg = FAIR/VISSL pooling; bilinear = Zhang et al.'s resize.")
 @click.option("--epochs", type=POSITIVE, default=defaults_of(ProbeConfig)["epochs"], show_default=True,
-              help="The lr drops (8/16/24 of 28) scale with it." + _preset_note(PROBE_PRESETS, "epochs"))
+              help="The lr drops (8/16/24 of 28) scale with it." + _preset_note(ProbeConfig.PRESETS, "epochs"))
 @click.option("--lr", type=POSITIVE_FLOAT, default=defaults_of(ProbeConfig)["lr"], show_default=True)
 @click.option("--batch-size", type=POSITIVE, default=defaults_of(ProbeConfig)["batch_size"], show_default=True,
-              help="Images per step." + _preset_note(PROBE_PRESETS, "batch_size"))
-@click.option("--preset", type=click.Choice(sorted(PROBE_PRESETS)), default=None,
-              help="smoke: 3 epochs, batch 32 (the embedded world's default); options you type win; recorded "
-                   "as deviations.")
-@click.option("--seed", type=int, default=defaults_of(ProbeConfig)["seed"], show_default=True)
-@click.option("--device", default=defaults_of(ProbeConfig)["device"], show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--workers", type=NON_NEGATIVE, default=None, help="Data-loading processes [0 on CPU, 8 on CUDA].")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Probe run folder [runs/linear-probe-<run>-<checkpoint sha>].")
-@click.option("--resume", is_flag=True, help="Continue the probe run in --out.")
-@click.option("--store", type=click.Path(dir_okay=False), default=None, help="Results records file.")
-@click.option("--method", default=None, help="Method name in the tables [from the checkpoint].")
-@click.option("--name", default=None, help="Run name, a table row of its own [the checkpoint's run folder].")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A probe run's config.json: rerun with its settings (options typed here win).")
+              help="Images per step." + _preset_note(ProbeConfig.PRESETS, "batch_size"))
 @fails_cleanly
 def eval_linear_probe(config_file, **kw):
     """ImageNet per-layer linear probes on the frozen trunk (paper Table 2), all layers in one pass:
     avg-pooled conv1..conv5 (~9k dims) -> BatchNorm (no affine) -> linear; SGD 0.01, momentum 0.9,
     wd 5e-4, batch 256, 28 epochs, lr x0.1 at 8/16/24; top-1/top-5 on val."""
-    from pathlib import Path
-
-    from cpfs_bench.evaluate.linear_probe import ProbeConfig, run
+    from cpfs_bench.evaluate.linear_probe import run
     from cpfs_bench.results.plots import plot_linear_probes
 
     cfg, explicit = config_from_cli(ProbeConfig, "eval linear-probe", kw, config_file)
@@ -416,37 +469,29 @@ def eval_linear_probe(config_file, **kw):
     figure = plot_linear_probes([r for r in s["records"] if r["metric"] == "top1"], Path(s["out"]) / "layers.png")
     for layer, sc in s["scores"].items():
         click.echo(f"{layer}: top-1 {sc['top1']:.1f}%  top-5 {sc['top5']:.1f}%  ({s['dims'][layer]} dims)")
-    click.echo(f"linear-probe {s['method']} (run {s['run']}): records appended to {s['store']}"
-               + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
+    _finish_eval("linear-probe", s)
     click.echo(f"per-layer plot: {figure}; training log: {s['log']}")
 
 
-@eval_group.command("voc07-svm", short_help="VOC07 per-layer linear SVMs (Goyal et al.).")
-@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False), help=CKPT_HELP)
+@eval_group.command("voc07-svm", short_help=BY_COMMAND["voc07-svm"].summary)
+@evaluation_options(SVMConfig, "voc07-svm", folder=False, workers_help="SVM processes; 0 = every core.")
 @click.option("--voc", type=click.Path(file_okay=False), default=None,
               help="VOCdevkit root (or its parent). Default: the embedded world.")
 @click.option("--layers", default=",".join(defaults_of(SVMConfig)["layers"]), show_default=True,
               callback=comma_list())
-@click.option("--pooling", type=click.Choice(["avg", "bilinear"]), default=defaults_of(SVMConfig)["pooling"],
+@click.option("--pooling", type=click.Choice(ProbeConfig.POOLINGS), default=defaults_of(SVMConfig)["pooling"],
               show_default=True)
 @click.option("--costs", default=None, callback=comma_list(float),
-              help="Comma-separated C sweep [Goyal et al.'s 26 costs; smoke preset: 0.01,0.1,1,10].")
-@click.option("--preset", type=click.Choice(["smoke"]), default=None,
-              help="smoke: 4 costs only, a quick look; --costs typed here wins; recorded as a deviation.")
-@click.option("--workers", type=NON_NEGATIVE, default=defaults_of(SVMConfig)["workers"], show_default=True,
-              help="SVM processes; 0 = every core.")
+              help=f"Comma-separated C sweep [Goyal et al.'s {len(defaults_of(SVMConfig)['costs'])} costs"
+                   + _preset_note(SVMConfig.PRESETS, "costs").replace(" [", "; ").rstrip("]") + "].")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Feature cache [$CPFS_BENCH_HOME/cache/features].")
-@click.option("--store", type=click.Path(dir_okay=False), default=None, help="Results records file.")
-@click.option("--method", default=None, help="Method name in the tables [from the checkpoint].")
-@click.option("--name", default=None, help="Run name, a table row of its own [the checkpoint's run folder].")
-@click.option("--device", default=defaults_of(SVMConfig)["device"], show_default=True, help="auto, cpu or cuda[:N].")
 @fails_cleanly
 def eval_voc07_svm(**kw):
     """VOC07 per-layer linear SVMs (Goyal et al. 2019): pooled conv1..conv5 features of trainval/test
     (extracted once, cached), L2-normalised; one LinearSVC per class, weights {+1: 2, -1: 1}, cost by
     3-fold cross-validated AP; difficult = negative in training, excluded at test; all-point AP."""
-    from cpfs_bench.evaluate.voc07_svm import SVMConfig, run
+    from cpfs_bench.evaluate.voc07_svm import run
 
     if kw["costs"] is None:
         kw.pop("costs")
@@ -460,44 +505,25 @@ def eval_voc07_svm(**kw):
     click.echo(per_class.to_string(float_format=lambda v: f"{v:5.1f}", na_rep=""))
     for layer, value in s["mAP"].items():
         click.echo(f"{layer}: VOC07 SVM mAP {value:.1f}%")
-    click.echo(f"voc07-svm {s['method']} (run {s['run']}): records appended to {s['store']}"
-               + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
+    _finish_eval("voc07-svm", s)
 
 
-@eval_group.command("voc07-cls", short_help="VOC07 classification fine-tuning (Table 1 Cls.).")
-@click.option("--ckpt", type=click.Path(exists=True, dir_okay=False), default=None,
-              help=CKPT_HELP + " Required unless --eval-only.")
-@click.option("--eval-only", is_flag=True, help="Only test: re-score the fine-tuned model given by --model.")
-@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="With --eval-only: a voc07-cls run's final.pt.")
+@eval_group.command("voc07-cls", short_help=BY_COMMAND["voc07-cls"].summary)
+@evaluation_options(VOCClsConfig, "voc07-cls", model_role="fine-tuned model")
 @click.option("--voc", type=click.Path(file_okay=False), default=None,
               help="VOCdevkit root (or its parent) holding VOC2007. Default: the embedded world, with --preset smoke.")
-@click.option("--train-from", type=click.Choice(TRAIN_FROM), default=defaults_of(VOCClsConfig)["train_from"],
+@click.option("--train-from", type=click.Choice(VOCClsConfig.TRAIN_FROM), default=defaults_of(VOCClsConfig)["train_from"],
               show_default=True, help="conv1: fine-tune every layer (the reported mode); fc6: fc6 on; fc8: fc8 only.")
 @click.option("--iters", type=POSITIVE, default=defaults_of(VOCClsConfig)["iters"], show_default=True,
-              help="SGD iterations; the lr step scales with it." + _preset_note(CLS_PRESETS, "iters"))
+              help="SGD iterations; the lr step scales with it." + _preset_note(VOCClsConfig.PRESETS, "iters"))
 @click.option("--lr", type=POSITIVE_FLOAT, default=defaults_of(VOCClsConfig)["lr"], show_default=True,
               help="Base lr (biases x2).")
 @click.option("--lr-step", type=POSITIVE, default=defaults_of(VOCClsConfig)["lr_step"], show_default=True,
-              help="Iterations between lr x0.5 [scaled by --iters / 80000 unless typed].")
+              help=f"Iterations between lr x0.5 [scaled by --iters / {VOCClsConfig.iters} unless typed].")
 @click.option("--batch-size", type=POSITIVE, default=defaults_of(VOCClsConfig)["batch_size"], show_default=True)
 @click.option("--test-crops", type=POSITIVE, default=defaults_of(VOCClsConfig)["test_crops"], show_default=True,
               help="Test views per image, drawn by the training augmentation, scores summed."
-                   + _preset_note(CLS_PRESETS, "test_crops"))
-@click.option("--preset", type=click.Choice(sorted(CLS_PRESETS)), default=None,
-              help="smoke: 150 iterations, 2 test crops (the embedded world's default; a pipeline check); "
-                   "options you type win; recorded as deviations.")
-@click.option("--seed", type=int, default=defaults_of(VOCClsConfig)["seed"], show_default=True)
-@click.option("--device", default=defaults_of(VOCClsConfig)["device"], show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--workers", type=NON_NEGATIVE, default=None, help="Data-loading processes [0 on CPU, 8 on CUDA].")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run folder [runs/voc07-cls-<run>-<checkpoint sha>].")
-@click.option("--resume", is_flag=True, help="Continue the fine-tuning run in --out.")
-@click.option("--store", type=click.Path(dir_okay=False), default=None, help="Results records file.")
-@click.option("--method", default=None, help="Method name in the tables [from the checkpoint].")
-@click.option("--name", default=None, help="Run name, a table row of its own [the checkpoint's run folder].")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A voc07-cls run's config.json: rerun with its settings (options typed here win).")
+                   + _preset_note(VOCClsConfig.PRESETS, "test_crops"))
 @fails_cleanly
 def eval_voc07_cls(config_file, eval_only, **kw):
     """VOC2007 classification by fine-tuning (Krähenbühl et al.; paper Table 1 "Cls."): new fc8 after
@@ -505,31 +531,26 @@ def eval_voc07_cls(config_file, eval_only, **kw):
     decay 1e-6, gradient norm clipped to 10; scale [0.5, 2] + random 227 crop + mirror; sigmoid
     cross-entropy without the difficult labels. Test: 10 augmented crops summed; mAP as the
     reference code computes it (and the devkit's 11-point)."""
-    from cpfs_bench.evaluate.voc07_cls import VOCClsConfig, run
+    from cpfs_bench.evaluate.voc07_cls import run
 
     _check_eval_only(kw, eval_only, "the checkpoint to fine-tune", config_file)
     cfg, explicit = config_from_cli(VOCClsConfig, "eval voc07-cls", kw, config_file)
     s = run(cfg, explicit=explicit)
     click.echo(f"VOC07 classification mAP {s['mAP']['reference']:.1f}% (reference AP, {s['test_crops']} crops); "
                f"devkit 11-point {s['mAP']['voc07']:.1f}%; 1 crop {s['mAP']['reference_1crop']:.1f}%")
-    click.echo(f"voc07-cls {s['method']} (run {s['run']}): records appended to {s['store']}"
-               + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
+    _finish_eval("voc07-cls", s)
     click.echo(f"fine-tuned model: {s['model']}; test scores: {s['scores']}")
 
 
-@eval_group.command("voc12-seg", short_help="VOC12 segmentation, FCN-32s (Table 1 Seg.).")
-@click.option("--ckpt", type=click.Path(exists=True, dir_okay=False), default=None,
-              help=CKPT_HELP + " Required unless --eval-only.")
-@click.option("--eval-only", is_flag=True, help="Only test: re-score the trained FCN given by --model.")
-@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="With --eval-only: a voc12-seg run's final.pt.")
+@eval_group.command("voc12-seg", short_help=BY_COMMAND["voc12-seg"].summary)
+@evaluation_options(VOCSegConfig, "voc12-seg", model_role="trained FCN")
 @click.option("--sbd", type=click.Path(file_okay=False), default=None,
               help="SBD (benchmark_RELEASE or its dataset/ folder), the training set. Default: the embedded world.")
 @click.option("--voc", type=click.Path(file_okay=False), default=None,
               help="VOCdevkit (or its parent) with VOC2012 or VOC2011 and the seg11valid list. Default: the "
                    "embedded world (then --preset smoke).")
 @click.option("--iters", type=POSITIVE, default=defaults_of(VOCSegConfig)["iters"], show_default=True,
-              help="Weight updates of --iter-size images each." + _preset_note(SEG_PRESETS, "iters"))
+              help="Weight updates of --iter-size images each." + _preset_note(VOCSegConfig.PRESETS, "iters"))
 @click.option("--iter-size", type=POSITIVE, default=defaults_of(VOCSegConfig)["iter_size"], show_default=True,
               help="Images per update (batch 1, gradients accumulated).")
 @click.option("--lr", type=POSITIVE_FLOAT, default=defaults_of(VOCSegConfig)["lr"], show_default=True)
@@ -539,22 +560,8 @@ def eval_voc07_cls(config_file, eval_only, **kw):
                    "normalized softmax'); none: summed, as the reference net.py (diverges at lr 1e-4). Recorded.")
 @click.option("--test-split", default=defaults_of(VOCSegConfig)["test_split"], show_default=True,
               help="VOC ImageSets/Segmentation list to test on.")
-@click.option("--save-predictions", type=NON_NEGATIVE, default=0, show_default=True,
-              help="Write this many test predictions (palette PNG + image | truth | prediction picture).")
-@click.option("--preset", type=click.Choice(sorted(SEG_PRESETS)), default=None,
-              help="smoke: 10 updates (the embedded world's default; a pipeline check); options you type win; "
-                   "recorded as deviations.")
-@click.option("--seed", type=int, default=defaults_of(VOCSegConfig)["seed"], show_default=True)
-@click.option("--device", default=defaults_of(VOCSegConfig)["device"], show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--workers", type=NON_NEGATIVE, default=None, help="Data-loading processes [0 on CPU, 8 on CUDA].")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run folder [runs/voc12-seg-<run>-<checkpoint sha>].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out.")
-@click.option("--store", type=click.Path(dir_okay=False), default=None, help="Results records file.")
-@click.option("--method", default=None, help="Method name in the tables [from the checkpoint].")
-@click.option("--name", default=None, help="Run name, a table row of its own [the checkpoint's run folder].")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A voc12-seg run's config.json: rerun with its settings (options typed here win).")
+@click.option("--save-predictions", type=NON_NEGATIVE, default=defaults_of(VOCSegConfig)["save_predictions"],
+              show_default=True, help="Write this many test predictions (palette PNG + image | truth | prediction picture).")
 @fails_cleanly
 def eval_voc12_seg(config_file, eval_only, **kw):
     """VOC2012 segmentation with FCN-32s on the trunk (FCN authors' voc-fcn-alexnet; paper Table 1
@@ -562,24 +569,20 @@ def eval_voc12_seg(config_file, eval_only, **kw):
     fixed bilinear x32 upsampling, crop; SBD train, whole images, batch 1 x 20 accumulated, SGD lr 1e-4
     fixed, momentum 0.9, weight decay 5e-4, 100k updates, softmax loss per labelled pixel (the reference's
     net.py sums it, its solver's lr is for the normalised one; recorded); mIoU on seg11valid."""
-    from cpfs_bench.evaluate.voc12_seg import VOCSegConfig, run
+    from cpfs_bench.evaluate.voc12_seg import run
 
     _check_eval_only(kw, eval_only, "the checkpoint to train FCN-32s from", config_file)
     cfg, explicit = config_from_cli(VOCSegConfig, "eval voc12-seg", kw, config_file)
     s = run(cfg, explicit=explicit)
     click.echo(f"VOC12 segmentation mIoU {s['mIoU']:.1f}%, pixel accuracy {s['pixel_accuracy']:.1f}% "
                f"({s['iters']} updates)")
-    click.echo(f"voc12-seg {s['method']} (run {s['run']}): records appended to {s['store']}"
-               + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
+    _finish_eval("voc12-seg", s)
     click.echo(f"model: {s['model']}" + (f"; predictions: {s['predictions']}" if s["predictions"] else ""))
 
 
-@eval_group.command("voc07-det", short_help="VOC07 detection, Fast R-CNN (Table 1 Detection).")
-@click.option("--ckpt", type=click.Path(exists=True, dir_okay=False), default=None,
-              help=CKPT_HELP + " Required unless --eval-only.")
-@click.option("--eval-only", is_flag=True, help="Only test: re-score the trained detector given by --model.")
-@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="With --eval-only: a voc07-det run's final.pt.")
+@eval_group.command("voc07-det", short_help=BY_COMMAND["voc07-det"].summary)
+@evaluation_options(VOCDetConfig, "voc07-det", model_role="trained detector",
+                    workers_help="Data-loading processes [0 on CPU, 8 on CUDA]; selective-search processes [every core].")
 @click.option("--voc", type=click.Path(file_okay=False), default=None,
               help="VOCdevkit (or its parent) with VOC2007. Default: the embedded world (then --preset smoke).")
 @click.option("--proposals", callback=folder_or_rpn, default=None,
@@ -587,42 +590,28 @@ def eval_voc12_seg(config_file, eval_only, **kw):
                    "published selective-search files), or `rpn`: Faster R-CNN, a region proposal network trained "
                    "with the detector (a recorded deviation). Default: `bench proposals` (selective search, cached).")
 @click.option("--iters", type=POSITIVE, default=defaults_of(VOCDetConfig)["iters"], show_default=True,
-              help="Iterations of 2 images; the lr step scales with it." + _preset_note(DET_PRESETS, "iters"))
+              help="Iterations of 2 images; the lr step scales with it." + _preset_note(VOCDetConfig.PRESETS, "iters"))
 @click.option("--lr", type=POSITIVE_FLOAT, default=defaults_of(VOCDetConfig)["lr"], show_default=True)
 @click.option("--lr-step", type=POSITIVE, default=defaults_of(VOCDetConfig)["lr_step"], show_default=True,
               help="Iterations between lr /10 [scaled with --iters unless typed].")
 @click.option("--train-scales", callback=comma_list(int),
               default=",".join(map(str, defaults_of(VOCDetConfig)["train_scales"])), show_default=True,
-              help="Shorter sides to train at, one drawn per image." + _preset_note(DET_PRESETS, "train_scales"))
+              help="Shorter sides to train at, one drawn per image."
+                   + _preset_note(VOCDetConfig.PRESETS, "train_scales"))
 @click.option("--test-scale", type=POSITIVE, default=defaults_of(VOCDetConfig)["test_scale"], show_default=True,
-              help="Shorter side at test." + _preset_note(DET_PRESETS, "test_scale"))
-@click.option("--train-from", type=click.Choice(["conv1", "conv2"]), default=defaults_of(VOCDetConfig)["train_from"],
+              help="Shorter side at test." + _preset_note(VOCDetConfig.PRESETS, "test_scale"))
+@click.option("--train-from", type=click.Choice(VOCDetConfig.TRAIN_FROM), default=defaults_of(VOCDetConfig)["train_from"],
               show_default=True, help="conv2: conv1 fixed, as Fast R-CNN fine-tunes CaffeNet; conv1: every layer.")
-@click.option("--roi-mapping", type=click.Choice(["centres", "fast-rcnn"]),
+@click.option("--roi-mapping", type=click.Choice(VOCDetConfig.ROI_MAPPINGS),
               default=defaults_of(VOCDetConfig)["roi_mapping"], show_default=True,
               help="Box to conv5 cells: centres = round((x - 17) / 16), the cells whose receptive fields are centred "
                    "in the box; fast-rcnn = round(x / 16), the reference's (about one cell off). Recorded.")
 @click.option("--train-images", type=POSITIVE, default=None,
-              help="Only the first N trainval images [all]." + _preset_note(DET_PRESETS, "train_images"))
+              help="Only the first N trainval images [all]." + _preset_note(VOCDetConfig.PRESETS, "train_images"))
 @click.option("--test-images", type=POSITIVE, default=None,
-              help="Only the first N test images [all]." + _preset_note(DET_PRESETS, "test_images"))
-@click.option("--save-predictions", type=NON_NEGATIVE, default=0, show_default=True,
-              help="Draw the detections of this many test images (PNG).")
-@click.option("--preset", type=click.Choice(sorted(DET_PRESETS)), default=None,
-              help="smoke: a short run on part of the world at small scales (the embedded world's default; a "
-                   "pipeline check); options you type win; recorded as deviations.")
-@click.option("--seed", type=int, default=defaults_of(VOCDetConfig)["seed"], show_default=True)
-@click.option("--device", default=defaults_of(VOCDetConfig)["device"], show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--workers", type=NON_NEGATIVE, default=None,
-              help="Data-loading processes [0 on CPU, 8 on CUDA]; selective-search processes [every core].")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run folder [runs/voc07-det-<run>-<checkpoint sha>].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out.")
-@click.option("--store", type=click.Path(dir_okay=False), default=None, help="Results records file.")
-@click.option("--method", default=None, help="Method name in the tables [from the checkpoint].")
-@click.option("--name", default=None, help="Run name, a table row of its own [the checkpoint's run folder].")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A voc07-det run's config.json: rerun with its settings (options typed here win).")
+              help="Only the first N test images [all]." + _preset_note(VOCDetConfig.PRESETS, "test_images"))
+@click.option("--save-predictions", type=NON_NEGATIVE, default=defaults_of(VOCDetConfig)["save_predictions"],
+              show_default=True, help="Draw the detections of this many test images (PNG).")
 @fails_cleanly
 def eval_voc07_det(config_file, eval_only, **kw):
     """VOC2007 detection with Fast R-CNN on the trunk (rbgirshick/fast-rcnn; paper Table 1 "Detection"):
@@ -630,28 +619,27 @@ def eval_voc07_det(config_file, eval_only, **kw):
     proposals; trainval + mirrors, 2 images x 64 RoIs (25% foreground), shorter side from {480, ..., 1200};
     SGD lr 0.001, /10 every 50k, 150k iterations; test at 600, NMS 0.3; VOC07 11-point AP from the devkit's
     comp4 files written to the run folder."""
-    from cpfs_bench.evaluate.voc07_det import VOCDetConfig, run
+    from cpfs_bench.evaluate.voc07_det import run
 
     _check_eval_only(kw, eval_only, "the checkpoint to train Fast R-CNN from", config_file)
     cfg, explicit = config_from_cli(VOCDetConfig, "eval voc07-det", kw, config_file)
     s = run(cfg, explicit=explicit)
     timing = f", {s['seconds_per_iter']:.2f} s per iteration" if s["seconds_per_iter"] else ""
     click.echo(f"VOC07 detection mAP {s['mAP']:.1f}% (11-point, {s['iters']} iterations{timing})")
-    click.echo(f"voc07-det {s['method']} (run {s['run']}): records appended to {s['store']}"
-               + (f" (deviations: {s['deviations']})" if s["deviations"] else ""))
+    _finish_eval("voc07-det", s)
     if s["counts"]:
         click.echo("training images: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s["counts"].items()))
     click.echo(f"model: {s['model']}; devkit result files: {s['comp4']}")
 
 
 @main.command("reproduce", short_help="Every table of the paper from one command (resumable).")
-@click.option("--preset", type=click.Choice(["smoke", "default", "paper"]), default="smoke", show_default=True,
+@click.option("--preset", type=click.Choice(REPRODUCE_PRESETS), default=ReproduceConfig.preset, show_default=True,
               help="smoke: tiny worlds, toy scale (a pipeline check, minutes); default: the embedded worlds at the "
                    "commands' own defaults there (the ladder scale, hours on 2 cores); paper: the published "
                    "protocols on real data (--voc, --sbd, --imagenet, --videos).")
-@click.option("--out", type=click.Path(file_okay=False), default="reproduce", show_default=True,
+@click.option("--out", type=click.Path(file_okay=False), default=ReproduceConfig.out, show_default=True,
               help="Folder for everything; rerun with the same settings to continue an interrupted reproduce.")
-@click.option("--jobs", type=POSITIVE, default=1, show_default=True, help="Steps run at once.")
+@click.option("--jobs", type=POSITIVE, default=ReproduceConfig.jobs, show_default=True, help="Steps run at once.")
 @click.option("--voc", type=click.Path(exists=True, file_okay=False), default=None,
               help="paper: VOCdevkit (or its parent) with VOC2007 and VOC2012.")
 @click.option("--sbd", type=click.Path(exists=True, file_okay=False), default=None,
@@ -660,9 +648,8 @@ def eval_voc07_det(config_file, eval_only, **kw):
               help="paper: ImageNet root with train/ and val/ class folders.")
 @click.option("--videos", type=click.Path(exists=True), multiple=True,
               help="paper: videos or frame folders to pretrain on (repeatable).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--methods", callback=comma_list(str), default=",".join(
-    ("kta", "ce", "ce-rev", "direct-cls", "random", "random-rescaled", "supervised")), show_default=True,
+@click.option("--seed", type=int, default=ReproduceConfig.seed, show_default=True)
+@click.option("--methods", callback=comma_list(str), default=",".join(ReproduceConfig.methods), show_default=True,
               help="The rows to make (comma-separated): a part of the plan, e.g. one method; more can be added later "
                    "into the same --out.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
@@ -672,9 +659,7 @@ def reproduce_cmd(dry_run, **kw):
     every evaluation on each, draw Fig. 1 per loss, and write Tables 1, 2 and the SVM table (terminal, Markdown,
     LaTeX, CSV) beside the paper's, the probe plot and OUT/README.md. Each step is a `bench` command (log in
     OUT/logs/); finished steps are skipped on a rerun, interrupted ones resume."""
-    from pathlib import Path
-
-    from cpfs_bench.bench.reproduce import ReproduceConfig, check_config, describe_plan, finished_steps, plan, run
+    from cpfs_bench.bench.reproduce import check_config, describe_plan, finished_steps, plan, run
 
     cfg = ReproduceConfig(**{**kw, "videos": tuple(kw["videos"]), "methods": tuple(kw["methods"])})
     if dry_run:
@@ -804,10 +789,10 @@ def export_torchvision_command(ckpt, out):
 @main.command("proposals", short_help="Selective-search proposals (Fast R-CNN's .mat format).")
 @click.option("--voc", type=click.Path(file_okay=False), default=None,
               help="VOCdevkit (or its parent). Default: the embedded world.")
-@click.option("--year", default="2007", show_default=True)
-@click.option("--split", "splits", callback=comma_list(), default="trainval,test", show_default=True,
+@click.option("--year", default=ProposalsConfig.year, show_default=True)
+@click.option("--split", "splits", callback=comma_list(), default=",".join(ProposalsConfig.splits), show_default=True,
               help="Comma-separated ImageSets/Main lists.")
-@click.option("--mode", type=click.Choice(["fast", "quality"]), default="fast", show_default=True,
+@click.option("--mode", type=click.Choice(ProposalsConfig.MODES), default=ProposalsConfig.mode, show_default=True,
               help="Selective-search strategy (Fast R-CNN used fast).")
 @click.option("--workers", type=NON_NEGATIVE, default=None, help="Processes [every core].")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -817,7 +802,7 @@ def proposals_cmd(voc, year, splits, mode, workers, out):
     """Selective-search object proposals (OpenCV contrib) for VOC splits, one voc_<year>_<split>.mat
     each in Fast R-CNN's public format (1 x N cells of 1-based (y1, x1, y2, x2) boxes, and the image ids),
     so Fast R-CNN's published files can stand in for them. Parallel, resumable, cached per image set."""
-    from cpfs_bench.evaluate.proposals import ProposalsConfig, run
+    from cpfs_bench.evaluate.proposals import run
 
     for split, s in run(ProposalsConfig(voc=voc, year=year, splits=tuple(splits), mode=mode, workers=workers,
                                         out=out)).items():
@@ -843,8 +828,6 @@ def results_cmd(store, fmt, tables, methods, runs, plot, output):
     """Aggregate the evaluation records into tables shaped like the paper's, its published rows beside
     ours; each of our cells names its protocol, run and checkpoint (legend under the table), and
     numbers measured on other datasets than the paper's stand in blocks of their own."""
-    from pathlib import Path
-
     from cpfs_bench.results.store import default_store, read_records
     from cpfs_bench.results.tables import TABLES, render
 

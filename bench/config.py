@@ -32,15 +32,18 @@ def resolve(cfg, presets: Mapping[str, Mapping[str, Any]] | None, explicit, prot
     """(cfg with its preset applied to the fields the user did not give, deviations).
 
     data_fields: the config's dataset folders; when one is None (the embedded world, written later by
-    the evaluation entry) and no preset is named, the preset is EMBEDDED_PRESET.
+    the evaluation entry) and no preset is named, the preset is the config's EMBEDDED_PRESET (class
+    attribute; default EMBEDDED_PRESET, None = the protocol).
 
     cfg: a frozen dataclass holding the protocol defaults overridden by the user's values; its
     `preset` field (when it has one) names an entry of `presets` ({name: {field: value}}; an unknown
     name is a ValueError); explicit: names of the fields the user gave (command line or --config
     file); protocol: {field: published value}; deviations = {field: value used} where they differ,
     plus {"preset": name} when a preset was applied."""
-    if getattr(cfg, "preset", None) is None and any(getattr(cfg, f) is None for f in data_fields):
-        cfg = replace(cfg, preset=EMBEDDED_PRESET)
+    embedded_preset = getattr(cfg, "EMBEDDED_PRESET", EMBEDDED_PRESET)  # a config may keep the protocol there
+    if (getattr(cfg, "preset", None) is None and embedded_preset is not None
+            and any(getattr(cfg, f) is None for f in data_fields)):
+        cfg = replace(cfg, preset=embedded_preset)
     name = getattr(cfg, "preset", None)
     if name is not None and name not in (presets or {}):
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets or {})}")

@@ -103,9 +103,10 @@ def prepare(cfg, *, kind: str, task: str, protocol: str, resolve_config: Callabl
     started = time.perf_counter()
     cfg, deviations = resolve_config(cfg, explicit)
     device = resolve_device(cfg.device)
-    import torch
+    if hasattr(cfg, "seed"):  # (the SVMs draw no random numbers and have none)
+        import torch
 
-    torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
     loaded, model = None, None
     if getattr(cfg, "model", None):  # evaluation only: a model a previous run of this task trained
         model, info = load_model(cfg.model, device)

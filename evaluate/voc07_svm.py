@@ -117,18 +117,15 @@ def check_config(cfg: SVMConfig) -> None:
 def resolve_config(cfg: SVMConfig, explicit=()) -> tuple[SVMConfig, dict]:
     """(cfg checked, with the preset resolved, deviations from the protocol); cfg.voc None = the embedded
     world, written later by the evaluation entry. A VOC folder given without VOC2007 in it is a
-    FileNotFoundError here, before the checkpoint is read.
-
-    The one evaluation whose embedded-world default is the protocol, not preset smoke: Goyal et al.'s full
-    26-cost sweep takes ~75 s there on 2 cores, and the ladder (README) and `bench reproduce --preset
-    default` report it; `--preset smoke` (4 costs) stays available."""
+    FileNotFoundError here, before the checkpoint is read. The embedded world keeps the protocol
+    (SVMConfig.EMBEDDED_PRESET is None: the full sweep takes ~75 s there)."""
     from cpfs_bench.bench.config import protocol_values, resolve
 
     check_config(cfg)
     if cfg.voc is not None:
         voc_year_dir(cfg.voc, YEAR)  # FileNotFoundError naming the folder looked for
     return resolve(replace(cfg, costs=tuple(float(c) for c in cfg.costs)), PRESETS, explicit,
-                   protocol_values(SVMConfig, PROTOCOL_FIELDS), data_fields=())
+                   protocol_values(SVMConfig, PROTOCOL_FIELDS), ("voc",))
 
 
 def check_costs(costs) -> tuple[float, ...]:

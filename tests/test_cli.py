@@ -209,3 +209,18 @@ def test_viz_command_usage(tmp_path):
     assert r.returncode == 2 and "'x,y;x,y'" in r.stderr
     r = bench("viz", "--ckpt", tmp_path / "r.pt", "--frame", tmp_path / "f.png")
     assert r.returncode == 1 and "not a `bench pretrain` checkpoint" in r.stderr
+
+
+def test_help_imports_no_model_code():
+    """`bench --help` and every `bench X --help` build from the torch-free config dataclasses: no torch,
+    torchvision or OpenCV is imported (benchmarks/cli_startup.py times them: ~0.3 s against ~5 s before)."""
+    probe = ("import sys, runpy\n"
+             "sys.argv = ['bench', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('cpfs_bench.bench.cli', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'torchvision', 'cv2', 'sklearn', 'pandas') if m in sys.modules))")
+    for args in ([], ["eval", "voc07-det"], ["eval", "linear-probe"], ["pretrain"], ["baseline", "supervised"],
+                 ["reproduce"], ["flow"], ["world", "voc"], ["proposals"], ["results"]):
+        r = subprocess.run([sys.executable, "-c", probe, *args, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "Usage:" in r.stdout and r.stdout.strip().splitlines()[-1] == "[]", (args, r.stdout[-300:])
