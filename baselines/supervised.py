@@ -16,6 +16,7 @@ always wins and every difference from the recipe is recorded in the checkpoint.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, replace
 
@@ -27,7 +28,7 @@ from torchvision import transforms
 
 from cpfs_bench.baselines.configs import SupervisedConfig
 from cpfs_bench.bench.checkpoint import MEAN, STD, save_checkpoint
-from cpfs_bench.bench.config import protocol_values, resolve
+from cpfs_bench.bench.config import preset_line, protocol_values, resolve
 from cpfs_bench.bench.runs import TrainingRun, loader_workers, progress_bar, resolve_device, scheduled_lr
 from cpfs_bench.bench.world.defaults import default_imagenet_world
 from cpfs_bench.evaluate.datasets import imagenet_splits
@@ -79,8 +80,11 @@ def run(cfg: SupervisedConfig, progress: bool = True, explicit=()) -> dict:
     """Train; write OUT/last.pt (resumable) and OUT/final.pt (trunk + fc8 head, loss "supervised")."""
     cfg, deviations = resolve_config(cfg, explicit)
     device = resolve_device(cfg.device)
-    if cfg.data is None:  # only now: a bad option must not first cost the world's minutes
+    embedded = cfg.data is None
+    if embedded:  # only now: a bad option must not first cost the world's minutes
         cfg = replace(cfg, data=str(default_imagenet_world(progress=progress)))
+    if progress:
+        print(preset_line("baseline supervised", deviations, embedded), file=sys.stderr, flush=True)
     training = TrainingRun(cfg.out, "baseline supervised", asdict(cfg), resume=cfg.resume, must_match=RESUME_MUST_MATCH,
                            total=cfg.epochs, unit="epoch", log_key="epoch", desc="supervised baseline", device=device,
                            progress=progress, ckpt_every=1, save_minutes=cfg.save_minutes)

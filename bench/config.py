@@ -56,6 +56,18 @@ def resolve(cfg, presets: Mapping[str, Mapping[str, Any]] | None, explicit, prot
     return cfg, deviations
 
 
+def preset_line(kind: str, deviations: dict, embedded: bool) -> str:
+    """One line, printed before a command's progress bar: the preset that ran (if any) and every value that
+    differs from the protocol."""
+    changed = {k: v for k, v in deviations.items() if k != "preset"}
+    values = ", ".join(f"{k}={v}" for k, v in changed.items()) or "none"
+    where = "the embedded world" if embedded else "your data"
+    preset = deviations.get("preset")
+    if preset:
+        return f"{kind}: preset {preset} on {where}; differs from the protocol: {values}"
+    return f"{kind}: no preset, on {where}; differs from the protocol: {values}"
+
+
 def scale_lr_step(cfg, deviations: dict, explicit, protocol_iters: int):
     """One --iters scales the whole schedule: unless typed, cfg.lr_step becomes the protocol's step scaled
     by iters / protocol_iters (at least 1), recorded in `deviations`. Returns the config."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from cpfs_bench.bench.config import dataclass_defaults
+from cpfs_bench.bench.config import dataclass_defaults, preset_line
 from cpfs_bench.bench.runs import resolve_device
 from cpfs_bench.evaluate.backbone import default_method_name, default_run_name, evaluation_folder, load_trunk
 
@@ -80,17 +80,6 @@ class Evaluation:
                 "deviations": self.deviations, "seconds": time.perf_counter() - self.started}
 
 
-def preset_line(kind: str, cfg, deviations: dict, embedded: bool) -> str:
-    """One line naming the preset that ran and every value that differs from the protocol."""
-    changed = {k: v for k, v in deviations.items() if k != "preset"}
-    values = ", ".join(f"{k}={v}" for k, v in changed.items()) or "none"
-    where = "the embedded world" if embedded else "your data"
-    preset = deviations.get("preset")
-    if preset:
-        return f"{kind}: preset {preset} on {where}; differs from the protocol: {values}"
-    return f"{kind}: protocol defaults on {where}; differs from the protocol: {values}"
-
-
 def prepare(cfg, *, kind: str, task: str, protocol: str, resolve_config: Callable, explicit=(),
             data_fields=("voc",), default_world: Callable | None = None, progress: bool = True,
             trunk: str = "frozen", load_model: Callable | None = None, folder: bool = True) -> Evaluation:
@@ -121,7 +110,7 @@ def prepare(cfg, *, kind: str, task: str, protocol: str, resolve_config: Callabl
         world = str(default_world(progress=progress))
         cfg = replace(cfg, **{f: world for f in embedded})
     if progress:
-        print(preset_line(kind, cfg, deviations, bool(embedded)), file=sys.stderr, flush=True)
+        print(preset_line(kind, deviations, bool(embedded)), file=sys.stderr, flush=True)
     run_name = getattr(cfg, "name", None) or default_run_name(checkpoint)
     method = getattr(cfg, "method", None) or default_method_name(info, checkpoint)
     out = None

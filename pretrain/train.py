@@ -2,6 +2,7 @@
 on the shared step driver (bench.runs.TrainingRun)."""
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from dataclasses import asdict, replace
@@ -11,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cpfs_bench.bench.checkpoint import MEAN, STD
-from cpfs_bench.bench.config import resolve
+from cpfs_bench.bench.config import preset_line, resolve
 from cpfs_bench.bench.curves import plot_training_log
 from cpfs_bench.bench.flowio import read_flow_png
 from cpfs_bench.bench.losses import loss_spec
@@ -105,10 +106,14 @@ def run(cfg: PretrainConfig, progress: bool = True, stop_after: int | None = Non
     stop_after: leave after that step with last.pt written, as a preempted job would (resumable)."""
     check_config(cfg)
     spec = loss_spec(cfg.loss)
-    if cfg.data is None:
+    embedded = cfg.data is None
+    if embedded:
         from cpfs_bench.pretrain.default_data import default_flow_data
 
         cfg = replace(cfg, data=str(default_flow_data(progress=progress)))
+    if progress:  # the paper publishes no schedule: what differs from what it states
+        print(preset_line(f"pretrain {cfg.loss}", paper_deviations(cfg), embedded).replace("protocol", "paper"),
+              file=sys.stderr, flush=True)
     cfg = replace(cfg, out=cfg.out or f"runs/pretrain-{cfg.loss}")
     device = resolve_device(cfg.device)
     run = TrainingRun(cfg.out, "pretrain", asdict(cfg), resume=cfg.resume, must_match=RESUME_MUST_MATCH,

@@ -170,3 +170,50 @@ def test_gradient_equalization_equalizes_gradient_to_weight_ratios(shapes_imagen
               for n in PARAMETER_LAYERS]
     print(f"fresh-gradient ratio spread {max(ratios) / min(ratios):.3f}")
     assert max(ratios) / min(ratios) < 1.2, ratios
+
+
+def test_supervised_interrupted_and_resumed_matches_an_uninterrupted_run_bit_for_bit(tiny_imagenet, tmp_path,
+                                                                                     monkeypatch):
+    """A SIGINT within epoch 2, then --resume, ends with the same final.pt as a run never stopped: the resume
+    restores the model, the optimizer, the RNG and the loader's shuffling state (extra["loader_rng"]) saved at
+    epoch 1's end."""
+    import os
+    import signal
+
+    import cpfs_bench.baselines.supervised as sup
+    from cpfs_bench.bench.runs import RunInterrupted
+
+    def cfg(name, **kw):
+        return SupervisedConfig(data=str(tiny_imagenet), out=str(tmp_path / name), epochs=2, batch_size=6, lr=0.003,
+                                workers=0, device="cpu", seed=0, **kw)
+
+    explicit = ("epochs", "batch_size", "lr", "workers")
+    run(cfg("a"), progress=False, explicit=explicit)
+
+    real_lr, sent = sup.scheduled_lr, []
+
+    def interrupt_in_epoch_2(schedule, base_lr, t, *args):  # called once per epoch, before its batches
+        if t >= 1 and not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+        return real_lr(schedule, base_lr, t, *args)
+
+    monkeypatch.setattr(sup, "scheduled_lr", interrupt_in_epoch_2)
+    with pytest.raises(RunInterrupted, match="batch 1 of epoch 2"):
+        run(cfg("b"), progress=False, explicit=explicit)
+    monkeypatch.setattr(sup, "scheduled_lr", real_lr)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 1 and not (tmp_path / "b" / "final.pt").exists()
+    run(cfg("b", resume=True), progress=False, explicit=explicit)
+
+    a, b = load_checkpoint(tmp_path / "a" / "final.pt"), load_checkpoint(tmp_path / "b" / "final.pt")
+    assert a["step"] == b["step"] == 2
+    for part in ("trunk", "head"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+
+    def log(name):
+        return [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+
+    assert [r.get("epoch") for r in log("b")] == [1, 2, None]
+    assert [r.get("train_loss") for r in log("a")] == [r.get("train_loss") for r in log("b")]
+    assert log("a")[-1]["val_top1"] == log("b")[-1]["val_top1"]

@@ -251,3 +251,51 @@ def test_checkpoint_errors_a_user_can_act_on(tmp_path):
                                               r"trunks: caffenet_bn: .*caffenet: .*alexnet: ") as e:
         load_trunk(tmp_path / "resnet.pt")
     assert "wrong shapes: []" not in str(e.value)
+
+
+def test_interrupted_and_resumed_probes_match_an_uninterrupted_run_bit_for_bit(tiny_imagenet, random_ckpt, tmp_path,
+                                                                                monkeypatch):
+    """A SIGINT within epoch 2, then --resume, ends with the same probes and per-epoch losses as a run never
+    stopped: the resume restores the probes, the optimizer, the RNG and the loader's shuffling state
+    (extra["loader_rng"]) saved at epoch 1's end."""
+    import os
+    import signal
+
+    import cpfs_bench.evaluate.linear_probe as lp
+    from cpfs_bench.bench.checkpoint import load_checkpoint
+    from cpfs_bench.bench.runs import RunInterrupted
+
+    def cfg(name, **kw):
+        return ProbeConfig(ckpt=str(random_ckpt), data=str(tiny_imagenet), epochs=3, batch_size=4, workers=0,
+                           device="cpu", seed=0, out=str(tmp_path / name), store=str(tmp_path / f"{name}.jsonl"), **kw)
+
+    explicit = ("epochs", "batch_size", "workers")
+    run(cfg("a"), progress=False, explicit=explicit)
+
+    real_lr, sent = lp.probe_lr, []
+
+    def interrupt_in_epoch_2(c, epoch_float):
+        if epoch_float > 1 and not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+        return real_lr(c, epoch_float)
+
+    monkeypatch.setattr(lp, "probe_lr", interrupt_in_epoch_2)
+    with pytest.raises(RunInterrupted, match="epoch 2"):
+        run(cfg("b"), progress=False, explicit=explicit)
+    monkeypatch.setattr(lp, "probe_lr", real_lr)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 1  # epoch 1's state; epoch 2 is redone
+    run(cfg("b", resume=True), progress=False, explicit=explicit)
+
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["step"] == b["step"] == 3 and a["head"].keys() == b["head"].keys()
+    for k in a["head"]:
+        assert torch.equal(a["head"][k], b["head"][k]), f"head.{k} differs after resume"
+    for i, (sa, sb) in enumerate(zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True)):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"]), f"momentum of parameter {i} differs"
+
+    def log(name):
+        return [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+
+    assert [r.get("epoch") for r in log("b")] == [1, 2, 3, None]
+    assert [r.get("train_loss") for r in log("a")] == [r.get("train_loss") for r in log("b")]
+    assert log("a")[-1]["val"] == log("b")[-1]["val"]
