@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -85,9 +85,9 @@ def run(cfg: SupervisedConfig, progress: bool = True, explicit=()) -> dict:
         cfg = replace(cfg, data=str(default_imagenet_world(progress=progress)))
     if progress:
         print(preset_line("baseline supervised", deviations, embedded), file=sys.stderr, flush=True)
-    training = TrainingRun(cfg.out, "baseline supervised", asdict(cfg), resume=cfg.resume, must_match=RESUME_MUST_MATCH,
-                           total=cfg.epochs, unit="epoch", log_key="epoch", desc="supervised baseline", device=device,
-                           progress=progress, ckpt_every=1, save_minutes=cfg.save_minutes)
+    training = TrainingRun.for_config(cfg, "baseline supervised", must_match=RESUME_MUST_MATCH, total=cfg.epochs,
+                                      unit="epoch", log_key="epoch", desc="supervised baseline", device=device,
+                                      progress=progress)
     torch.manual_seed(cfg.seed)
     train_set, val_set = imagenet_splits(cfg.data, transforms.Compose([
         transforms.RandomResizedCrop(cfg.crop, scale=(cfg.min_crop_scale, 1.0)), transforms.RandomHorizontalFlip(),

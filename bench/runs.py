@@ -244,6 +244,19 @@ class TrainingRun:
         self.parts = None
         self.log = self.bar = self.stop = None
 
+    @classmethod
+    def for_config(cls, cfg, command: str, *, must_match, total: int, unit: str, log_key: str, desc: str, device,
+                   progress: bool = True, stop_after: int | None = None, **config_extra) -> TrainingRun:
+        """The run of a command's config dataclass: its folder (cfg.out), --resume, save cadence (cfg.ckpt_every,
+        else every step: an epoch loop's) and cfg.save_minutes, amp (cfg.amp, else on); config.json holds
+        asdict(cfg) and `config_extra` (e.g. the trunk's sha256, so a resume on another trunk is refused)."""
+        from dataclasses import asdict
+
+        return cls(cfg.out, command, {**asdict(cfg), **config_extra}, resume=cfg.resume, must_match=must_match,
+                   total=total, unit=unit, log_key=log_key, desc=desc, device=device, progress=progress,
+                   ckpt_every=getattr(cfg, "ckpt_every", 1), save_minutes=cfg.save_minutes, stop_after=stop_after,
+                   amp=getattr(cfg, "amp", True))
+
     @property
     def out(self) -> Path:
         return self.folder.out

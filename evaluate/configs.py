@@ -78,7 +78,27 @@ class SVMConfig:
 
 
 @dataclass(frozen=True)
-class VOCClsConfig:
+class FineTuningRun:
+    """The options every fine-tuning evaluation shares (voc07-cls, voc07-det, voc12-seg): the checkpoint it
+    starts from, its run folder and saves, the records' names; each task's Config adds its protocol."""
+
+    ckpt: str = ""  # the pretrained checkpoint to fine-tune
+    model: str | None = None  # --eval-only: a final.pt this task wrote, re-scored without training
+    preset: str | None = None  # None: "smoke" on the embedded world, else the protocol
+    seed: int = 0
+    out: str | None = None  # run folder; None = runs/<task>-<run>-<checkpoint short sha>
+    store: str | None = None  # results records; None = $CPFS_BENCH_HOME/results/records.jsonl
+    method: str | None = None  # method name in the tables; None = from the checkpoint
+    name: str | None = None  # run name (a table row); None = the checkpoint's run folder or stem
+    device: str = "auto"
+    workers: int | None = None  # data-loading processes; None = 0 on CPU, min(8, cores) on CUDA
+    ckpt_every: int = 500  # last.pt every this many iterations (also at the end, on a signal, by wall time)
+    save_minutes: float = 10.0  # ... and after this much wall time since the last save
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class VOCClsConfig(FineTuningRun):
     """Krähenbühl et al.'s VOC2007 classification fine-tuning (evaluate/voc07_cls.py)."""
 
     PROTOCOL: ClassVar[str] = "krahenbuhl16-voc07-cls"
@@ -86,8 +106,6 @@ class VOCClsConfig:
     # smoke: a pipeline check on the embedded world (about 5 minutes on 2 cores), not a measurement
     PRESETS: ClassVar[dict] = {"smoke": {"iters": 150, "test_crops": 2}}
 
-    ckpt: str = ""
-    model: str | None = None  # --eval-only: a voc07-cls final.pt to re-score (no training)
     voc: str | None = None  # VOCdevkit (or its parent); None = the embedded world + preset smoke
     train_from: str = "conv1"  # conv1: every layer; fc6: fc6 on; fc8: the new classifier only
     iters: int = 80000
@@ -103,21 +121,10 @@ class VOCClsConfig:
     max_scale: float = 2.0
     crop: int = 227
     test_crops: int = 10
-    preset: str | None = None
-    seed: int = 0
-    out: str | None = None  # None = runs/voc07-cls-<run>-<sha>
-    store: str | None = None
-    method: str | None = None
-    name: str | None = None
-    device: str = "auto"
-    workers: int | None = None
-    ckpt_every: int = 500
-    save_minutes: float = 10.0
-    resume: bool = False
 
 
 @dataclass(frozen=True)
-class VOCDetConfig:
+class VOCDetConfig(FineTuningRun):
     """Fast R-CNN VOC2007 detection, multi-scale training (evaluate/voc07_det.py)."""
 
     PROTOCOL: ClassVar[str] = "fast-rcnn-multiscale-voc07-det"
@@ -128,8 +135,6 @@ class VOCDetConfig:
     PRESETS: ClassVar[dict] = {"smoke": {"iters": 100, "train_images": 120, "test_images": 60, "train_scales": (300,),
                                          "train_max_size": 500, "test_scale": 300, "test_max_size": 500}}
 
-    ckpt: str = ""
-    model: str | None = None  # --eval-only: a voc07-det final.pt to re-score (no training)
     voc: str | None = None  # VOCdevkit (or its parent) with VOC2007; None = the embedded world + preset smoke
     proposals: str | None = None  # folder with voc_2007_{trainval,test}.mat; "rpn" = Faster R-CNN; None = selective
     # search, cached
@@ -162,30 +167,17 @@ class VOCDetConfig:
     roi_mapping: str = "centres"
     train_images: int | None = None  # the first N images of trainval (smoke); None = all
     test_images: int | None = None
-    preset: str | None = None
-    seed: int = 0
     save_predictions: int = 0  # draw the detections of this many test images (PNG)
-    out: str | None = None  # None = runs/voc07-det-<run>-<sha>
-    store: str | None = None
-    method: str | None = None
-    name: str | None = None
-    device: str = "auto"
-    workers: int | None = None
-    ckpt_every: int = 500
-    save_minutes: float = 10.0
-    resume: bool = False
 
 
 @dataclass(frozen=True)
-class VOCSegConfig:
+class VOCSegConfig(FineTuningRun):
     """FCN-32s VOC2012 segmentation, trained on SBD (evaluate/voc12_seg.py)."""
 
     PROTOCOL: ClassVar[str] = "long15-fcn32s-voc12-seg"
     # smoke: a pipeline check on the embedded world, not a measurement
     PRESETS: ClassVar[dict] = {"smoke": {"iters": 10}}
 
-    ckpt: str = ""
-    model: str | None = None  # --eval-only: a voc12-seg final.pt to re-score (no training)
     sbd: str | None = None  # SBD root (benchmark_RELEASE or its dataset/); None = the embedded world
     voc: str | None = None  # VOCdevkit (or its parent) holding VOC2012 (or VOC2011); None = the embedded world
     train_split: str = "train"  # SBD's list
@@ -196,19 +188,9 @@ class VOCSegConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     bn_mode: str = "eval"  # BatchNorm trunks: running statistics (the only sensible choice at batch 1)
-    loss_normalization: str = "pixels"  # "pixels" (the solver's lr is for it) or "none" (net.py); see above
-    preset: str | None = None
-    seed: int = 0
+    loss_normalization: str = "pixels"  # "pixels" (the solver's lr is for it) or "none" (net.py): voc12_seg.py
     save_predictions: int = 0  # write this many test predictions (palette PNG + picture)
-    out: str | None = None  # None = runs/voc12-seg-<run>-<sha>
-    store: str | None = None
-    method: str | None = None
-    name: str | None = None
-    device: str = "auto"
-    workers: int | None = None
-    ckpt_every: int = 100
-    save_minutes: float = 10.0
-    resume: bool = False
+    ckpt_every: int = 100  # (an update is iter_size images)
 
 
 @dataclass(frozen=True)

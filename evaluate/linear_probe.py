@@ -15,7 +15,6 @@ from the records `run` returns.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
@@ -122,10 +121,9 @@ def run(cfg: ProbeConfig, progress: bool = True, explicit=()) -> dict:
                                 fused=True)
 
     # the probes are small: their state is saved at every epoch's end (ckpt_every=1, and so on a signal)
-    training = TrainingRun(ev.out, "eval linear-probe", {**asdict(cfg), "trunk_sha256": info["sha256"]},
-                           resume=cfg.resume, must_match=RESUME_MUST_MATCH + ("trunk_sha256",), total=cfg.epochs,
-                           unit="epoch", log_key="epoch", desc="linear probes", device=device, progress=progress,
-                           ckpt_every=1, save_minutes=cfg.save_minutes)
+    training = TrainingRun.for_config(cfg, "eval linear-probe", must_match=RESUME_MUST_MATCH + ("trunk_sha256",),
+                                      total=cfg.epochs, unit="epoch", log_key="epoch", desc="linear probes",
+                                      device=device, progress=progress, trunk_sha256=info["sha256"])
     state = training.restore(optimizer)
     if state:
         if state["extra"].get("trunk_sha256") != info["sha256"]:

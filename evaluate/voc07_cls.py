@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -207,10 +206,9 @@ def finetune(cfg: VOCClsConfig, trunk: nn.Module, info: dict, device, progress: 
         module.requires_grad_(False)
     optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    run = TrainingRun(cfg.out, "eval voc07-cls", {**asdict(cfg), "trunk_sha256": info["sha256"]},
-                      resume=cfg.resume, must_match=RESUME_MUST_MATCH, total=cfg.iters, unit="iteration",
-                      log_key="iter", desc="voc07-cls fine-tuning", device=device, progress=progress,
-                      ckpt_every=cfg.ckpt_every, save_minutes=cfg.save_minutes, stop_after=stop_after)
+    run = TrainingRun.for_config(cfg, "eval voc07-cls", must_match=RESUME_MUST_MATCH, total=cfg.iters, unit="iteration",
+                                 log_key="iter", desc="voc07-cls fine-tuning", device=device, progress=progress,
+                                 stop_after=stop_after, trunk_sha256=info["sha256"])
     state = run.restore(optimizer)  # RNG too: dropout draws from the global one
     if state:
         model.trunk.load_state_dict(state["trunk"])

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -339,10 +339,9 @@ def train(cfg: VOCDetConfig, model: FastRCNN, info: dict, data: DetectionMinibat
     if cfg.train_from == "conv2":
         model.trunk.conv1.requires_grad_(False)
     optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum)
-    run = TrainingRun(cfg.out, "eval voc07-det", {**asdict(cfg), "trunk_sha256": info["sha256"]},
-                      resume=cfg.resume, must_match=RESUME_MUST_MATCH, total=cfg.iters, unit="iteration",
-                      log_key="iter", desc="voc07-det Fast R-CNN", device=device, progress=progress,
-                      ckpt_every=cfg.ckpt_every, save_minutes=cfg.save_minutes, stop_after=stop_after)
+    run = TrainingRun.for_config(cfg, "eval voc07-det", must_match=RESUME_MUST_MATCH, total=cfg.iters, unit="iteration",
+                                 log_key="iter", desc="voc07-det Fast R-CNN", device=device, progress=progress,
+                                 stop_after=stop_after, trunk_sha256=info["sha256"])
     state = run.restore(optimizer)  # RNG too: dropout draws from the global one
     if state:
         model.trunk.load_state_dict(state["trunk"])

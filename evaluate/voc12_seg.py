@@ -21,7 +21,6 @@ mode; with one image per forward, batch statistics are per image), recorded.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -183,10 +182,9 @@ def train(cfg: VOCSegConfig, model: FCN32s, info: dict, train_set: SegmentationI
           progress: bool, stop_after: int | None = None) -> bool:
     """The training loop in cfg.out (resumable); True when complete, False when stopped early."""
     optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum)
-    run = TrainingRun(cfg.out, "eval voc12-seg", {**asdict(cfg), "trunk_sha256": info["sha256"]},
-                      resume=cfg.resume, must_match=RESUME_MUST_MATCH, total=cfg.iters, unit="update",
-                      log_key="iter", desc="voc12-seg FCN-32s", device=device, progress=progress,
-                      ckpt_every=cfg.ckpt_every, save_minutes=cfg.save_minutes, stop_after=stop_after)
+    run = TrainingRun.for_config(cfg, "eval voc12-seg", must_match=RESUME_MUST_MATCH, total=cfg.iters, unit="update",
+                                 log_key="iter", desc="voc12-seg FCN-32s", device=device, progress=progress,
+                                 stop_after=stop_after, trunk_sha256=info["sha256"])
     state = run.restore(optimizer)  # RNG too: dropout draws from the global one
     if state:
         model.load_state_dict(state["head"])

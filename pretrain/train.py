@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -116,10 +116,9 @@ def run(cfg: PretrainConfig, progress: bool = True, stop_after: int | None = Non
               file=sys.stderr, flush=True)
     cfg = replace(cfg, out=cfg.out or f"runs/pretrain-{cfg.loss}")
     device = resolve_device(cfg.device)
-    run = TrainingRun(cfg.out, "pretrain", asdict(cfg), resume=cfg.resume, must_match=RESUME_MUST_MATCH,
-                      total=cfg.iters, unit="step", log_key="step", desc=f"pretrain {cfg.loss}", device=device,
-                      progress=progress, ckpt_every=cfg.ckpt_every, save_minutes=cfg.save_minutes,
-                      stop_after=stop_after, amp=cfg.amp)
+    run = TrainingRun.for_config(cfg, "pretrain", must_match=RESUME_MUST_MATCH, total=cfg.iters, unit="step",
+                                 log_key="step", desc=f"pretrain {cfg.loss}", device=device, progress=progress,
+                                 stop_after=stop_after)
     torch.manual_seed(cfg.seed)
     dataset = FlowFrames(cfg.data, cfg.crop)
     trunk, head = build_model(cfg)  # draws from the global RNG: before run.restore sets it

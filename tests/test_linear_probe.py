@@ -171,7 +171,6 @@ def test_frozen_trunk_check_catches_a_change(tiny_imagenet, random_ckpt, tmp_pat
     with pytest.raises(RuntimeError, match="conv3.1.running_mean"):
         assert_trunk_unchanged(trunk, fingerprint)
 
-    import cpfs_bench.evaluate.linear_probe as lp
 
     def forgot_eval_mode(path, device="cpu", frozen=True):  # a classic bug: BN statistics drift in train mode
         t, info = load_trunk(path, device)
