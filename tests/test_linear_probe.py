@@ -3,6 +3,8 @@ import copy
 import hashlib
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,21 @@ TORCHVISION_DIMS = {"conv1": 9216, "conv2": 9408, "conv3": 9600, "conv4": 9216, 
 
 @pytest.mark.parametrize("pooling", ["avg", "bilinear"])
 @pytest.mark.parametrize("arch", ["caffenet_bn", "caffenet"])
+
+def interrupt_in_epoch_2(monkeypatch):
+    """Ctrl-C (a real SIGINT) once the probes' schedule reaches epoch 2; returns the real probe_lr."""
+    import cpfs_bench.evaluate.linear_probe as lp
+
+    real_lr, sent = lp.probe_lr, []
+
+    def lr_then_interrupt(c, epoch_float):
+        if epoch_float > 1 and not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+        return real_lr(c, epoch_float)
+
+    monkeypatch.setattr(lp, "probe_lr", lr_then_interrupt)
+    return real_lr
+
 def test_pooled_feature_sizes(pooling, arch):
     trunk = build_trunk(arch).eval()
     feats = pooled_features(trunk, torch.randn(2, 3, 227, 227), pooling=pooling)
@@ -97,8 +114,6 @@ def random_ckpt(tmp_path_factory):
 
 
 def test_run_end_to_end_records_and_resume(tiny_imagenet, random_ckpt, tmp_path, monkeypatch):
-    import os
-    import signal
 
     import cpfs_bench.evaluate.linear_probe as lp
     from cpfs_bench.bench.checkpoint import CheckpointError
@@ -123,14 +138,7 @@ def test_run_end_to_end_records_and_resume(tiny_imagenet, random_ckpt, tmp_path,
         run(ProbeConfig(**{**cfg, "epochs": 2}, resume=True), progress=False)
 
     # Ctrl-C in the middle of epoch 2: epoch 1's state is kept, the message names the resume command
-    real_lr, sent = lp.probe_lr, []
-
-    def interrupt_in_epoch_2(c, epoch_float):
-        if epoch_float > 1 and not sent:
-            sent.append(os.kill(os.getpid(), signal.SIGINT))
-        return real_lr(c, epoch_float)
-
-    monkeypatch.setattr(lp, "probe_lr", interrupt_in_epoch_2)
+    real_lr = interrupt_in_epoch_2(monkeypatch)
     two = {**cfg, "epochs": 2, "out": str(tmp_path / "run2")}
     with pytest.raises(RunInterrupted, match=r"SIGINT.*epoch 2.*bench eval linear-probe --config .*run2/config.json --resume"):
         run(ProbeConfig(**two), progress=False)
@@ -257,8 +265,6 @@ def test_interrupted_and_resumed_probes_match_an_uninterrupted_run_bit_for_bit(t
     """A SIGINT within epoch 2, then --resume, ends with the same probes and per-epoch losses as a run never
     stopped: the resume restores the probes, the optimizer, the RNG and the loader's shuffling state
     (extra["loader_rng"]) saved at epoch 1's end."""
-    import os
-    import signal
 
     import cpfs_bench.evaluate.linear_probe as lp
     from cpfs_bench.bench.checkpoint import load_checkpoint
@@ -271,14 +277,7 @@ def test_interrupted_and_resumed_probes_match_an_uninterrupted_run_bit_for_bit(t
     explicit = ("epochs", "batch_size", "workers")
     run(cfg("a"), progress=False, explicit=explicit)
 
-    real_lr, sent = lp.probe_lr, []
-
-    def interrupt_in_epoch_2(c, epoch_float):
-        if epoch_float > 1 and not sent:
-            sent.append(os.kill(os.getpid(), signal.SIGINT))
-        return real_lr(c, epoch_float)
-
-    monkeypatch.setattr(lp, "probe_lr", interrupt_in_epoch_2)
+    real_lr = interrupt_in_epoch_2(monkeypatch)
     with pytest.raises(RunInterrupted, match="epoch 2"):
         run(cfg("b"), progress=False, explicit=explicit)
     monkeypatch.setattr(lp, "probe_lr", real_lr)
