@@ -22,9 +22,6 @@ EXPECTED_DIMS = {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "co
 TORCHVISION_DIMS = {"conv1": 9216, "conv2": 9408, "conv3": 9600, "conv4": 9216, "conv5": 9216}
 
 
-@pytest.mark.parametrize("pooling", ["avg", "bilinear"])
-@pytest.mark.parametrize("arch", ["caffenet_bn", "caffenet"])
-
 def interrupt_in_epoch_2(monkeypatch):
     """Ctrl-C (a real SIGINT) once the probes' schedule reaches epoch 2; returns the real probe_lr."""
     import cpfs_bench.evaluate.linear_probe as lp
@@ -39,6 +36,9 @@ def interrupt_in_epoch_2(monkeypatch):
     monkeypatch.setattr(lp, "probe_lr", lr_then_interrupt)
     return real_lr
 
+
+@pytest.mark.parametrize("pooling", ["avg", "bilinear"])
+@pytest.mark.parametrize("arch", ["caffenet_bn", "caffenet"])
 def test_pooled_feature_sizes(pooling, arch):
     trunk = build_trunk(arch).eval()
     feats = pooled_features(trunk, torch.randn(2, 3, 227, 227), pooling=pooling)
