@@ -224,3 +224,17 @@ def test_help_imports_no_model_code():
         r = subprocess.run([sys.executable, "-c", probe, *args, "--help"], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert "Usage:" in r.stdout and r.stdout.strip().splitlines()[-1] == "[]", (args, r.stdout[-300:])
+
+
+@pytest.mark.parametrize("command", ["linear-probe", "voc07-svm", "voc07-cls", "voc07-det", "voc12-seg"])
+def test_a_bad_checkpoint_fails_before_the_default_world_is_written(command, tmp_path):
+    """A new user's first mistake: a text file as --ckpt. One line, exit 1, and nothing written into
+    $CPFS_BENCH_HOME (the embedded world costs minutes to write; the checkpoint is read first)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a checkpoint\n")
+    home = tmp_path / "home"
+    out = [] if command == "voc07-svm" else ["--out", tmp_path / "run"]  # (the SVMs keep no run folder)
+    r = bench("eval", command, "--ckpt", notes, *out, home=home)
+    assert r.returncode == 1, r.stderr
+    assert "notes.txt: not a PyTorch checkpoint" in r.stderr and "Traceback" not in r.stderr
+    assert not (home / "world").exists()
