@@ -10,11 +10,17 @@ from pathlib import Path
 import numpy as np
 
 
-def _smoothed(ax, steps, values, label, colour):
+def moving_mean(values: np.ndarray) -> tuple[int, np.ndarray]:
+    """(window, means of `window` consecutive values): the window is ~1/20 of the run, so the curve reads the
+    same at 100 and at 100k steps. The means stand at the window's last step: x[window - 1:]."""
     window = max(1, len(values) // 20)
+    return window, np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def _smoothed(ax, steps, values, label, colour):
+    window, means = moving_mean(values)
     ax.plot(steps, values, color="0.75", lw=0.8)
-    ax.plot(steps[window - 1:], np.convolve(values, np.ones(window) / window, mode="valid"), color=colour, lw=2,
-            label=f"{label} (mean of {window})")
+    ax.plot(steps[window - 1:], means, color=colour, lw=2, label=f"{label} (mean of {window})")
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -69,10 +75,9 @@ def plot_loss_curve(log_path: str | Path, png_path: str | Path, key: str = "iter
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot(x, y, color="0.7", lw=0.8, label=value)
-    window = max(1, len(y) // 20)
+    window, means = moving_mean(y)
     if len(y) >= window:
-        ax.plot(x[window - 1:], np.convolve(y, np.ones(window) / window, mode="valid"), color="C0", lw=2,
-                label=f"mean of {window}")
+        ax.plot(x[window - 1:], means, color="C0", lw=2, label=f"mean of {window}")
     ax.set_xlabel(key)
     ax.set_ylabel(value)
     ax.set_title(title, fontsize=9)
