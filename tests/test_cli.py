@@ -145,6 +145,7 @@ def test_baseline_random_rescaled_command(tiny_imagenet, tmp_path):
     assert r.returncode == 1 and "no image files" in r.stderr and str(tmp_path) in r.stderr
 
 
+@pytest.mark.long  # ~20-30 s on 2 cores: out of the README suite's 8-minute budget
 def test_proposals_and_voc07_det_commands(tmp_path):
     r = bench("world", "voc", "--out", tmp_path / "voc", "--voc07-trainval", 3, "--voc07-test", 2,
               "--voc12-trainval", 2)
@@ -170,6 +171,7 @@ def test_proposals_and_voc07_det_commands(tmp_path):
     assert len(list((tmp_path / "det" / "comp4").glob("comp4_det_test_*.txt"))) == 20
 
 
+@pytest.mark.long  # ~20-30 s on 2 cores: out of the README suite's 8-minute budget
 def test_import_and_export_torchvision_commands(tmp_path):
     from torchvision.models import alexnet
 

@@ -1,6 +1,7 @@
 """evaluate/faster_rcnn.py: anchor geometry against torchvision's AnchorGenerator, box conventions against
 torchvision's IoU, py-faster-rcnn's inside-anchor rule, and an RPN that learns to find one object."""
 import numpy as np
+import pytest
 import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
@@ -55,6 +56,7 @@ def test_anchors_crossing_the_border_are_ignored_in_training():
     torch.testing.assert_close(labels[0][inside], expected, rtol=0, atol=0)
 
 
+@pytest.mark.long  # ~20-30 s on 2 cores: out of the README suite's 8-minute budget
 def test_region_proposal_network_learns_to_find_an_object():
     """A bright 130 x 130 box on noise, the trunk fixed: 60 SGD steps of the RPN alone put its best proposal on
     the box. Measured (torch seeds 0, 1, 2): IoU of the top proposal 0.32 -> 0.83, 0.32 -> 0.80, 0.29 -> 0.87;

@@ -164,6 +164,7 @@ def test_proposal_minibatch_samples_from_proposals_and_ground_truth():
             assert 0.1 <= iou[k] < 0.5 and not target.any()
 
 
+@pytest.mark.long  # ~20-30 s on 2 cores: out of the README suite's 8-minute budget
 def test_faster_rcnn_end_to_end_resume_and_eval_only(world, tmp_path):
     """--proposals rpn: the RPN's losses are logged, resume is bit for bit, the deviation is recorded, --eval-only
     proposes with the saved RPN (same mAP), and a Fast R-CNN model cannot be asked for RPN proposals."""

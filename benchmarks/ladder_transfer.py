@@ -1,0 +1,84 @@
+"""The ladder's fine-tuning rungs at the longer settings the CI ladder tests (tests/test_world_eval.py,
+`pytest -m ladder`) were reduced from: supervised and random (and any other trunk given) fine-tuned for
+VOC07 classification, VOC12 segmentation and VOC07 detection on the embedded world, one table.
+
+    python benchmarks/ladder_transfer.py --out runs/ladder-transfer \
+        --trunk supervised=runs/ladder/supervised-s0/final.pt --trunk random=runs/ladder/random-s0.pt
+
+Settings (each recorded as deviations in its records):
+- voc07-cls: the smoke preset (150 iterations, 2 crops); the CI test runs 60 iterations, 1 crop.
+- voc12-seg: a world with 1,500 VOC2012 images (500 SBD train), 1,000 updates of one image at lr 1e-3, as the
+  CI test (no shorter setting separated the trunks); here for any trunk, e.g. a CPFS one.
+- voc07-det: first 250 trainval / 100 test images, smoke scales (300), 300 iterations; the CI test: 120 / 100
+  images at 227, 120 iterations at lr 2e-3.
+Finished steps are skipped (each run folder holds its final record), so an interrupted run continues.
+About an hour for two trunks on 2 cores (estimated from the parts, measured separately).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+CLS = dict(preset="smoke")
+SEG_WORLD = dict(voc12_trainval=1500)
+SEG = dict(iters=1000, iter_size=1, lr=1e-3)
+DET = dict(iters=300, train_images=250, test_images=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--trunk", action="append", required=True, metavar="NAME=CKPT",
+                        help="a trunk to fine-tune; repeat (e.g. supervised=..., random=...)")
+    parser.add_argument("--tasks", nargs="+", default=["cls", "seg", "det"], choices=["cls", "seg", "det"])
+    args = parser.parse_args()
+
+    from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
+    from cpfs_bench.evaluate.voc07_cls import VOCClsConfig
+    from cpfs_bench.evaluate.voc07_cls import run as voc07_cls
+    from cpfs_bench.evaluate.voc07_det import VOCDetConfig
+    from cpfs_bench.evaluate.voc07_det import run as voc07_det
+    from cpfs_bench.evaluate.voc12_seg import VOCSegConfig
+    from cpfs_bench.evaluate.voc12_seg import run as voc12_seg
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    store = str(args.out / "records.jsonl")
+    results_file = args.out / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    trunks = dict(spec.split("=", 1) for spec in args.trunk)
+    world = args.out / "voc-seg-world"
+    if "seg" in args.tasks and not (world / "world.json").exists():
+        write_voc_world(VOCWorldConfig(out=str(world), voc07_trainval=2, voc07_test=2, workers=2, **SEG_WORLD))
+
+    for name, ckpt in trunks.items():
+        for task in args.tasks:
+            key = f"{task}/{name}"
+            if key in results:
+                continue
+            start = time.perf_counter()
+            folder = str(args.out / f"{task}-{name}")
+            if task == "cls":
+                out = voc07_cls(VOCClsConfig(ckpt=ckpt, out=folder, store=store, **CLS))
+                score = out["mAP"]["reference"]
+            elif task == "seg":
+                out = voc12_seg(VOCSegConfig(ckpt=ckpt, sbd=str(world), voc=str(world), out=folder, store=store, **SEG),
+                                explicit=tuple(SEG))
+                score = out["mIoU"]
+            else:
+                out = voc07_det(VOCDetConfig(ckpt=ckpt, out=folder, store=store, **DET), explicit=tuple(DET))
+                score = out["mAP"]
+            results[key] = {"score": round(float(score), 2), "minutes": round((time.perf_counter() - start) / 60, 1)}
+            results_file.write_text(json.dumps(results, indent=1))
+
+    print(f"\n{'trunk':<12} " + " ".join(f"{t:>16}" for t in args.tasks))
+    metric = {"cls": "mAP", "seg": "mIoU", "det": "mAP"}
+    for name in trunks:
+        cells = [f"{metric[t]} {results[f'{t}/{name}']['score']:6.2f} ({results[f'{t}/{name}']['minutes']:.0f}m)"
+                 for t in args.tasks]
+        print(f"{name:<12} " + " ".join(f"{c:>16}" for c in cells))
+
+
+if __name__ == "__main__":
+    main()
