@@ -15,6 +15,7 @@ $CPFS_BENCH_HOME/proposals/<name>-<mode>-<key>/, where key fingerprints the imag
 sizes), so a rerun skips the finished chunks and a changed image set gets its own folder."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -166,10 +167,22 @@ def compute_proposals(voc, year: str, split: str, image_ids=None, mode: str = "f
     final = folder / proposals_name(year, split)
     if final.exists():
         return final
+    folder.mkdir(parents=True, exist_ok=True)
+    # Two runs that need the same image set at once (two evaluations started together) would both compute
+    # it and one would read the chunks the other had just merged and deleted: the second waits here, then
+    # finds the finished file. flock is released when the file closes, also when the process dies.
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.exists():
+            return final
+        return _compute_chunks_and_merge(folder, final, ids, paths, year, split, voc, mode, workers, progress)
+
+
+def _compute_chunks_and_merge(folder: Path, final: Path, ids, paths, year, split, voc, mode, workers,
+                              progress) -> Path:
     chunks = [(k, paths[s:s + CHUNK_IMAGES]) for k, s in enumerate(range(0, len(paths), CHUNK_IMAGES))]
     todo = [{"paths": p, "mode": mode, "out": str(folder / f"chunk-{k:05d}.npz")} for k, p in chunks
             if not (folder / f"chunk-{k:05d}.npz").exists()]
-    folder.mkdir(parents=True, exist_ok=True)
     processes = worker_count(workers, len(todo))
     start = time.perf_counter()
     bar = progress_bar(total=len(paths), initial=len(paths) - sum(len(j["paths"]) for j in todo),

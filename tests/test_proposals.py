@@ -86,3 +86,34 @@ def test_computation_is_cached_and_resumes_from_its_chunks(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(read_proposals_mat(again)[1], boxes))
     # a cached file is returned as is
     assert compute_proposals(voc, "2007", "test", workers=1, cache=tmp_path / "cache", progress=False) == again
+
+
+def test_two_runs_started_together_compute_the_proposals_once(tmp_path, monkeypatch):
+    """Two evaluations needing the same proposals at once: before the lock, both computed every chunk and
+    one then read chunks the other had merged and deleted (FileNotFoundError, seen with two voc07-det
+    runs). Now the second waits and returns the first one's file."""
+    import threading
+
+    from cpfs_bench.evaluate import proposals
+
+    voc = tmp_path / "voc"
+    write_voc_world(VOCWorldConfig(out=str(voc), voc07_trainval=2, voc07_test=8, voc12_trainval=2, workers=1),
+                    progress=False)
+    computed, worker = [], proposals._chunk_worker
+    monkeypatch.setattr(proposals, "_chunk_worker", lambda job: computed.append(job["out"]) or worker(job))
+    start, results, errors = threading.Barrier(2), [], []
+
+    def run():
+        start.wait()
+        try:
+            results.append(compute_proposals(voc, "2007", "test", workers=1, cache=tmp_path / "cache", progress=False))
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 2 and results[0] == results[1] and results[0].exists(), errors
+    assert len(computed) == 1, computed  # 8 images: one chunk, computed once
