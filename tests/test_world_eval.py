@@ -93,7 +93,7 @@ SEG = dict(iters=1000, iter_size=1, lr=1e-3)
 def ladder_checkpoints(tmp_path_factory):
     """The ladder's three trunks at reduced scale, one seed, through the same entry points as `bench`:
     CPFS-KTA pretrained for KTA_ITERS steps, the supervised baseline for SUPERVISED, random init.
-    Measured in .ci/run (2 cores): supervised ~400 s, val top-1 64.5; KTA ~0.55 s per step.
+    Measured (2 cores): the three trunks and the worlds they need 503 s; supervised val top-1 64.5.
     Returns ({name: checkpoint}, supervised val top-1, folder)."""
     from cpfs_bench.baselines.random_init import write_random_checkpoint
     from cpfs_bench.baselines.supervised import SupervisedConfig
@@ -116,8 +116,8 @@ def test_ladder_supervised_above_cpfs_above_random(ladder_checkpoints):
     """Linear probes (smoke preset, 3 epochs) at conv3..conv5 on the embedded ImageNet world
     (benchmarks/ladder.py measures the full-scale ladder over seeds, README "The ladder"), and an
     appearance-only classifier on the same world. Measured (seed 0): mean top-1 over conv3..conv5
-    supervised 49.5, random 23.5, CPFS-KTA 36.3 (earlier run of this test; 3 seeds of the full ladder:
-    36.9 +- 2); supervised val top-1 64.5, appearance-only 5.6 (chance 5.0). KTA pretrained for only 200
+    supervised 49.5, CPFS-KTA 36.0 (37.1 / 34.9 / 35.9), random 23.5 (3 seeds of the full ladder: KTA
+    36.9 +- 2); supervised val top-1 64.5, appearance-only 5.6 (chance 5.0); trunks 503 s, probes 104 s. KTA pretrained for only 200
     steps reached 27.0 (31.1 / 25.2 / 24.6): its lead over random is at conv1/conv2 first, and its upper
     layers learn least (README, issue 24), so the pretraining is not shortened here."""
     from cpfs_bench.bench.world.defaults import default_imagenet_world
