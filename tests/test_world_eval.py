@@ -117,9 +117,10 @@ def test_ladder_supervised_above_cpfs_above_random(ladder_checkpoints):
     (benchmarks/ladder.py measures the full-scale ladder over seeds, README "The ladder"), and an
     appearance-only classifier on the same world. Measured (seed 0): mean top-1 over conv3..conv5
     supervised 49.5, CPFS-KTA 36.0 (37.1 / 34.9 / 35.9), random 23.5 (3 seeds of the full ladder: KTA
-    36.9 +- 2); supervised val top-1 64.5, appearance-only 5.6 (chance 5.0); trunks 503 s, probes 104 s. KTA pretrained for only 200
-    steps reached 27.0 (31.1 / 25.2 / 24.6): its lead over random is at conv1/conv2 first, and its upper
-    layers learn least (README, issue 24), so the pretraining is not shortened here."""
+    36.9 +- 2); supervised val top-1 64.5, appearance-only 5.6 (chance 5.0); trunks 503 s, probes
+    104 s. KTA pretrained for only 200 steps reached 27.0 (31.1 / 25.2 / 24.6): its lead over random is at
+    conv1/conv2 first, and its upper layers learn least (README, issue 24), so the pretraining is not
+    shortened here."""
     from cpfs_bench.bench.world.defaults import default_imagenet_world
     from cpfs_bench.evaluate.linear_probe import ProbeConfig
     from cpfs_bench.evaluate.linear_probe import run as probe
