@@ -103,7 +103,7 @@ def ladder_checkpoints(tmp_path_factory):
     """The ladder's three trunks at reduced scale, one seed, through the same entry points as `bench`:
     CPFS-KTA pretrained for KTA_ITERS steps, the supervised baseline for SUPERVISED, random init; the two
     trainings side by side. Measured (2 cores): the three trunks and the worlds they need 503 s one after
-    the other; supervised val top-1 64.5. Returns ({name: checkpoint}, supervised val top-1, folder)."""
+    the other, 496 s side by side (.ci/run, 2026-12-06); supervised val top-1 64.5, side by side 64.7. Returns ({name: checkpoint}, supervised val top-1, folder)."""
     from cpfs_bench.baselines.random_init import write_random_checkpoint
     from cpfs_bench.baselines.supervised import SupervisedConfig
     from cpfs_bench.baselines.supervised import run as train_supervised
@@ -125,8 +125,9 @@ def ladder_checkpoints(tmp_path_factory):
 def test_ladder_supervised_above_cpfs_above_random(ladder_checkpoints):
     """Linear probes (smoke preset, 3 epochs) at conv3..conv5 on the embedded ImageNet world
     (benchmarks/ladder.py measures the full-scale ladder over seeds, README "The ladder"), and an
-    appearance-only classifier on the same world. Measured (seed 0): mean top-1 over conv3..conv5
-    supervised 49.5, CPFS-KTA 36.0 (37.1 / 34.9 / 35.9), random 23.5 (3 seeds of the full ladder: KTA
+    appearance-only classifier on the same world. Measured (seed 0, .ci/run 2026-12-06, 1-thread runs side by side):
+    mean top-1 over conv3..conv5 supervised 46.2, CPFS-KTA 33.4 (39.8 / 32.7 / 27.6), random 23.5, probes 127 s;
+    on 2 threads one after the other: supervised 49.5, CPFS-KTA 36.0 (37.1 / 34.9 / 35.9), random 23.5 (3 seeds of the full ladder: KTA
     36.9 +- 2); supervised val top-1 64.5, appearance-only 5.6 (chance 5.0); trunks 503 s, probes
     104 s. KTA pretrained for only 200 steps reached 27.0 (31.1 / 25.2 / 24.6): its lead over random is at
     conv1/conv2 first, and its upper layers learn least (README, issue 24), so the pretraining is not
@@ -159,7 +160,8 @@ def test_ladder_supervised_above_cpfs_above_random(ladder_checkpoints):
 def test_ladder_voc07_cls_finetuning(ladder_checkpoints):
     """`bench eval voc07-cls` on the embedded VOC world at CLS (60 iterations, 1 crop; recorded as
     deviations) from the supervised and the random trunk: fine-tuning from the supervised trunk beats
-    fine-tuning from random init. Measured in .ci/run: mAP supervised 18.1, random 11.1, 73 s;
+    fine-tuning from random init. Measured in .ci/run (2026-12-06, side by side): mAP supervised 17.0, random 11.0, 73 s (one after the
+    other: 18.1, 11.1);
     random init over 8 nearby settings (60-150 iterations, lr, crops, train-from) 9.9-12.4, this
     supervised trunk 16.9-17.2 (a 3-epoch one 14.1-15.9). The smoke preset with the full-scale
     supervised trunk gives 25.0 vs 10.6 (benchmarks/ladder_transfer.py). CPFS-KTA is level with random here
@@ -185,8 +187,9 @@ def test_ladder_voc12_seg_finetuning(ladder_checkpoints):
     objects per class) is too small for any trunk to learn more than the background prior in the
     minutes a test can spend, so this test writes a VOC world with 500 SBD training images and 140
     seg11valid ones (SEG_WORLD) and runs SEG: 1,000 updates of one image at lr 1e-3 (instead of 100k x 20
-    at 1e-4; all recorded as deviations). Measured in .ci/run: supervised mIoU 4.17, IoU above 1% on cat
-    8.0, horse 2.5, bird 1.6, sofa 1.4; random 3.51, sofa 1.2; 1,120 s, 2/3 of the ladder. Shorter runs did not
+    at 1e-4; all recorded as deviations). Measured in .ci/run (2026-12-06, side by side): supervised mIoU 4.42, IoU above
+    1% on cat 7.3, sofa 4.9, horse 2.6, bird 2.0, cow 1.0; random 3.52, cat 1.8; 906 s (one after the other
+    4.17 vs 3.51, 1,120 s), half the ladder. Shorter runs did not
     separate the trunks (2 cores, this supervised trunk or a 3-epoch one vs random, all at the background
     prior or one class near 1-2% IoU): 150-500 updates at lr 2e-3..1e-2 on this world, on one with smaller
     images, and on one with a single large object per image (300 updates at lr 3e-3: 3.24, tvmonitor 2.2,
@@ -220,8 +223,9 @@ def test_ladder_voc07_det_finetuning(ladder_checkpoints):
     """`bench eval voc07-det` (Fast R-CNN) from the supervised and the random trunk on the first 120
     trainval / 100 test images of the embedded world at shorter side 227, 120 iterations at lr 2e-3
     (DET; recorded as deviations): the loss falls and the supervised trunk detects better. Measured in
-    .ci/run: mAP supervised 9.7, random 0.9 (a 3-epoch supervised trunk: 8.3), loss (mean of the first and
-    last 20 iterations) 2.09 -> 1.56 and 2.77 -> 1.86; 0.4 s per iteration, 148 s. The longer setting
+    .ci/run (2026-12-06, side by side): mAP supervised 9.6, random 1.8, loss (mean of the first and last 20
+    iterations) 2.07 -> 1.57 and 2.77 -> 1.86, 0.7 s per iteration, 134 s (one after the other: 9.7 vs 0.9,
+    0.4 s per iteration, 148 s; a 3-epoch supervised trunk: 8.3). The longer setting
     (300 iterations, 250 / 100 images at 300: 10.9 vs 0.9) is in benchmarks/ladder_transfer.py."""
     from cpfs_bench.evaluate.voc07_det import VOCDetConfig
     from cpfs_bench.evaluate.voc07_det import run as voc07_det
