@@ -100,10 +100,11 @@ def side_by_side(*calls):
 
 @pytest.fixture(scope="module")
 def ladder_checkpoints(tmp_path_factory):
-    """The ladder's three trunks at reduced scale, one seed, through the same entry points as `bench`:
-    CPFS-KTA pretrained for KTA_ITERS steps, the supervised baseline for SUPERVISED, random init; the two
-    trainings side by side. Measured (2 cores): the three trunks and the worlds they need 503 s one after
-    the other, 496 s side by side (.ci/run, 2026-12-06); supervised val top-1 64.5, side by side 64.7. Returns ({name: checkpoint}, supervised val top-1, folder)."""
+    """The ladder's three trunks at reduced scale, one seed, through the same entry points as `bench`: CPFS-KTA
+    pretrained for KTA_ITERS steps, the supervised baseline for SUPERVISED, random init; the two trainings side by
+    side. Measured (2 cores): the three trunks and the worlds they need 503 s one after the other, 496 s side by
+    side (.ci/run, 2026-12-06); supervised val top-1 64.5, side by side 64.7. Returns ({name: checkpoint},
+    supervised val top-1, folder)."""
     from cpfs_bench.baselines.random_init import write_random_checkpoint
     from cpfs_bench.baselines.supervised import SupervisedConfig
     from cpfs_bench.baselines.supervised import run as train_supervised
@@ -123,25 +124,27 @@ def ladder_checkpoints(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.ladder
 def test_ladder_supervised_above_cpfs_above_random(ladder_checkpoints):
-    """Linear probes (smoke preset, 3 epochs) at conv3..conv5 on the embedded ImageNet world
-    (benchmarks/ladder.py measures the full-scale ladder over seeds, README "The ladder"), and an
-    appearance-only classifier on the same world. Measured (seed 0, .ci/run 2026-12-06, 1-thread runs side by side):
-    mean top-1 over conv3..conv5 supervised 46.2, CPFS-KTA 33.4 (39.8 / 32.7 / 27.6), random 23.5, probes 127 s;
-    on 2 threads one after the other: supervised 49.5, CPFS-KTA 36.0 (37.1 / 34.9 / 35.9), random 23.5 (3 seeds of the full ladder: KTA
-    36.9 +- 2); supervised val top-1 64.5, appearance-only 5.6 (chance 5.0); trunks 503 s, probes
-    104 s. KTA pretrained for only 200 steps reached 27.0 (31.1 / 25.2 / 24.6): its lead over random is at
-    conv1/conv2 first, and its upper layers learn least (README, issue 24), so the pretraining is not
-    shortened here."""
+    """Linear probes (smoke preset, 3 epochs) at conv3..conv5 on the embedded ImageNet world (benchmarks/ladder.py
+    measures the full-scale ladder over seeds, README "The ladder"), and an appearance-only classifier on the same
+    world. Measured (seed 0, .ci/run 2026-12-06, trunks trained side by side, probes side by side): mean top-1 over
+    conv3..conv5 supervised 46.2, CPFS-KTA 33.4 (39.8 / 32.7 / 27.6), random 23.5, probes 127 s. On trunks trained
+    one after the other (2 threads), probing them one after the other took 104 s, side by side 120 s, the same
+    numbers either way, so the probes run one after the other. Those trunks: supervised 49.5, CPFS-KTA 36.0 (37.1 / 34.9 / 35.9), random 23.5 (3 seeds of the full
+    ladder: KTA 36.9 +- 2); supervised val top-1 64.5, appearance-only 5.6 (chance 5.0); trunks 503 s, probes 104 s.
+    KTA pretrained for only 200 steps reached 27.0 (31.1 / 25.2 / 24.6): its lead over random is at conv1/conv2
+    first, and its upper layers learn least (README, issue 24), so the pretraining is not shortened here."""
     from cpfs_bench.bench.world.defaults import default_imagenet_world
     from cpfs_bench.evaluate.linear_probe import ProbeConfig
     from cpfs_bench.evaluate.linear_probe import run as probe
 
     checkpoints, supervised_val_top1, tmp = ladder_checkpoints
     layers = ("conv3", "conv4", "conv5")
-    outs = side_by_side(*[(probe, (ProbeConfig(ckpt=str(ckpt), layers=layers, out=str(tmp / f"probe-{name}"),
-                                              store=str(tmp / "records.jsonl")),), dict(progress=False))
-                          for name, ckpt in checkpoints.items()])
-    top1 = {name: {layer: out["scores"][layer]["top1"] for layer in layers} for name, out in zip(checkpoints, outs)}
+    top1 = {}
+    # one after the other on every core: side by side the third probe runs alone on one thread (120 s vs 104)
+    for name, ckpt in checkpoints.items():
+        out = probe(ProbeConfig(ckpt=str(ckpt), layers=layers, out=str(tmp / f"probe-{name}"),
+                                store=str(tmp / "records.jsonl")), progress=False)
+        top1[name] = {layer: out["scores"][layer]["top1"] for layer in layers}
     mean = {name: float(np.mean(list(scores.values()))) for name, scores in top1.items()}
 
     world = default_imagenet_world(progress=False)
@@ -158,14 +161,13 @@ def test_ladder_supervised_above_cpfs_above_random(ladder_checkpoints):
 @pytest.mark.slow
 @pytest.mark.ladder
 def test_ladder_voc07_cls_finetuning(ladder_checkpoints):
-    """`bench eval voc07-cls` on the embedded VOC world at CLS (60 iterations, 1 crop; recorded as
-    deviations) from the supervised and the random trunk: fine-tuning from the supervised trunk beats
-    fine-tuning from random init. Measured in .ci/run (2026-12-06, side by side): mAP supervised 17.0, random 11.0, 73 s (one after the
-    other: 18.1, 11.1);
-    random init over 8 nearby settings (60-150 iterations, lr, crops, train-from) 9.9-12.4, this
-    supervised trunk 16.9-17.2 (a 3-epoch one 14.1-15.9). The smoke preset with the full-scale
-    supervised trunk gives 25.0 vs 10.6 (benchmarks/ladder_transfer.py). CPFS-KTA is level with random here
-    (README, "The ladder"; issue 24), so it is not asserted."""
+    """`bench eval voc07-cls` on the embedded VOC world at CLS (60 iterations, 1 crop; recorded as deviations) from
+    the supervised and the random trunk: fine-tuning from the supervised trunk beats fine-tuning from random init.
+    Measured in .ci/run (2026-12-06, side by side): mAP supervised 17.0, random 11.0, 73 s (one after the other:
+    18.1, 11.1); random init over 8 nearby settings (60-150 iterations, lr, crops, train-from) 9.9-12.4, this
+    supervised trunk 16.9-17.2 (a 3-epoch one 14.1-15.9). The smoke preset with the full-scale supervised trunk
+    gives 25.0 vs 10.6 (benchmarks/ladder_transfer.py). CPFS-KTA is level with random here (README, "The ladder";
+    issue 24), so it is not asserted."""
     from cpfs_bench.evaluate.voc07_cls import VOCClsConfig
     from cpfs_bench.evaluate.voc07_cls import run as voc07_cls
 
@@ -182,18 +184,17 @@ def test_ladder_voc07_cls_finetuning(ladder_checkpoints):
 @pytest.mark.slow
 @pytest.mark.ladder
 def test_ladder_voc12_seg_finetuning(ladder_checkpoints):
-    """`bench eval voc12-seg` from the supervised and the random trunk: the supervised one segments
-    objects, the random one only background. The default world's SBD split (84 training images, a few
-    objects per class) is too small for any trunk to learn more than the background prior in the
-    minutes a test can spend, so this test writes a VOC world with 500 SBD training images and 140
-    seg11valid ones (SEG_WORLD) and runs SEG: 1,000 updates of one image at lr 1e-3 (instead of 100k x 20
-    at 1e-4; all recorded as deviations). Measured in .ci/run (2026-12-06, side by side): supervised mIoU 4.42, IoU above
-    1% on cat 7.3, sofa 4.9, horse 2.6, bird 2.0, cow 1.0; random 3.52, cat 1.8; 906 s (one after the other
-    4.17 vs 3.51, 1,120 s), half the ladder. Shorter runs did not
-    separate the trunks (2 cores, this supervised trunk or a 3-epoch one vs random, all at the background
-    prior or one class near 1-2% IoU): 150-500 updates at lr 2e-3..1e-2 on this world, on one with smaller
-    images, and on one with a single large object per image (300 updates at lr 3e-3: 3.24, tvmonitor 2.2,
-    vs 3.08; at 1e-2 both background only; 3e-2 diverges). This rung is the ladder's longest (README)."""
+    """`bench eval voc12-seg` from the supervised and the random trunk: the supervised one segments objects, the
+    random one only background. The default world's SBD split (84 training images, a few objects per class) is too
+    small for any trunk to learn more than the background prior in the minutes a test can spend, so this test writes
+    a VOC world with 500 SBD training images and 140 seg11valid ones (SEG_WORLD) and runs SEG: 1,000 updates of one
+    image at lr 1e-3 (instead of 100k x 20 at 1e-4; all recorded as deviations). Measured in .ci/run (2026-12-06,
+    side by side): supervised mIoU 4.42, IoU above 1% on cat 7.3, sofa 4.9, horse 2.6, bird 2.0, cow 1.0; random
+    3.52, cat 1.8; 906 s (one after the other 4.17 vs 3.51, 1,120 s), half the ladder. Shorter runs did not separate
+    the trunks (2 cores, this supervised trunk or a 3-epoch one vs random, all at the background prior or one class
+    near 1-2% IoU): 150-500 updates at lr 2e-3..1e-2 on this world, on one with smaller images, and on one with a
+    single large object per image (300 updates at lr 3e-3: 3.24, tvmonitor 2.2, vs 3.08; at 1e-2 both background
+    only; 3e-2 diverges). This rung is the ladder's longest (README)."""
     from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
     from cpfs_bench.evaluate.voc12_seg import VOCSegConfig
     from cpfs_bench.evaluate.voc12_seg import run as voc12_seg
