@@ -128,8 +128,9 @@ def test_ladder_supervised_above_cpfs_above_random(ladder_checkpoints):
     measures the full-scale ladder over seeds, README "The ladder"), and an appearance-only classifier on the same
     world. Measured (seed 0, .ci/run 2026-12-06, trunks trained side by side, probes side by side): mean top-1 over
     conv3..conv5 supervised 46.2, CPFS-KTA 33.4 (39.8 / 32.7 / 27.6), random 23.5, probes 127 s. On trunks trained
-    one after the other (2 threads), probing them one after the other took 104 s, side by side 120 s, the same
-    numbers either way, so the probes run one after the other. Those trunks: supervised 49.5, CPFS-KTA 36.0 (37.1 / 34.9 / 35.9), random 23.5 (3 seeds of the full
+    one after the other on 2 threads (supervised 49.5, KTA 36.8, random 23.5), probing one after the other took
+    104 s and side by side 120 s, the same numbers either way, so the probes run one after the other. 2026-12-04,
+    all one after the other: supervised 49.5, CPFS-KTA 36.0 (37.1 / 34.9 / 35.9), random 23.5 (3 seeds of the full
     ladder: KTA 36.9 +- 2); supervised val top-1 64.5, appearance-only 5.6 (chance 5.0); trunks 503 s, probes 104 s.
     KTA pretrained for only 200 steps reached 27.0 (31.1 / 25.2 / 24.6): its lead over random is at conv1/conv2
     first, and its upper layers learn least (README, issue 24), so the pretraining is not shortened here."""
