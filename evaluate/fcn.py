@@ -49,11 +49,41 @@ def _conv_geometry(module: nn.Module) -> tuple[int, int, int]:
     return first(op.kernel_size), first(op.stride), first(op.padding)
 
 
+class FullyConnectedConv2d(nn.Conv2d):
+    """A fully connected layer slid over a feature map: a stride-1, unpadded, ungrouped Conv2d.
+    x (B, in, H, W) -> (B, out, H - k + 1, W - k + 1); the same weights and state-dict keys as nn.Conv2d.
+
+    On the CPU, over at most MATMUL_MAX_POSITIONS output positions, it is computed as one matrix product over
+    the unfolded k x k patches (the same function up to float rounding): FCN's fc6 (6x6 over 256 channels ->
+    4096) and fc7 (1x1, 4096 -> 4096) see ~50-100 positions on the embedded world's 200-320 px images, where
+    oneDNN's convolution runs far below GEMM speed. One batch-1 FCN update on one core (benchmarks/fcn_step.py,
+    unfused SGD): 200x200 731 -> 574 ms, 260x320 943 -> 826 ms, but 375x500 (~190 positions) 1,266 -> 1,336 ms,
+    so larger maps, and other devices, keep the convolution."""
+
+    MATMUL_MAX_POSITIONS = 128
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size[0]
+        height, width = x.shape[-2] - k + 1, x.shape[-1] - k + 1
+        if height < 1 or width < 1:
+            raise RuntimeError(f"input {tuple(x.shape[-2:])} smaller than the {k}x{k} kernel")
+        if x.device.type != "cpu" or height * width > self.MATMUL_MAX_POSITIONS:
+            return super().forward(x)
+        patches = x.flatten(2) if k == 1 else F.unfold(x, k)  # (B, in * k * k, positions)
+        out = self.weight.flatten(1) @ patches  # (B, out, positions)
+        if self.bias is not None:
+            out = out + self.bias[:, None]
+        return out.view(x.shape[0], self.out_channels, height, width)
+
+
 def _fc_as_conv(fc: nn.Sequential, in_channels: int, kernel: int) -> nn.Sequential:
-    """A CaffeNet fc block (Linear [+ BatchNorm1d], ReLU, Dropout) as Conv2d [+ BatchNorm2d], ReLU,
+    """A CaffeNet fc block (Linear [+ BatchNorm1d], ReLU, Dropout) as a convolution [+ BatchNorm2d], ReLU,
     Dropout with the same weights, reshaped (out, in * k * k) -> (out, in, k, k)."""
     linear = fc[0]
-    conv = nn.Conv2d(in_channels, linear.out_features, kernel, bias=linear.bias is not None)
+    conv = FullyConnectedConv2d(in_channels, linear.out_features, kernel, bias=linear.bias is not None)
     with torch.no_grad():
         conv.weight.copy_(linear.weight.view(linear.out_features, in_channels, kernel, kernel))
         if linear.bias is not None:

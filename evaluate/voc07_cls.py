@@ -205,7 +205,7 @@ def finetune(cfg: VOCClsConfig, trunk: nn.Module, info: dict, device, progress: 
     for module in fixed:
         module.requires_grad_(False)
     optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.weight_decay, fused=True)
     run = TrainingRun.for_config(cfg, "eval voc07-cls", must_match=RESUME_MUST_MATCH, total=cfg.iters, unit="iteration",
                                  log_key="iter", desc="voc07-cls fine-tuning", device=device, progress=progress,
                                  stop_after=stop_after, trunk_sha256=info["sha256"])

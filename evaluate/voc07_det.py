@@ -338,7 +338,7 @@ def train(cfg: VOCDetConfig, model: FastRCNN, info: dict, data: DetectionMinibat
     """The training loop in cfg.out (resumable); True when complete, False when stopped early."""
     if cfg.train_from == "conv2":
         model.trunk.conv1.requires_grad_(False)
-    optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, fused=True)
     run = TrainingRun.for_config(cfg, "eval voc07-det", must_match=RESUME_MUST_MATCH, total=cfg.iters, unit="iteration",
                                  log_key="iter", desc="voc07-det Fast R-CNN", device=device, progress=progress,
                                  stop_after=stop_after, trunk_sha256=info["sha256"])

@@ -181,7 +181,9 @@ def evaluate(model: FCN32s, dataset: SegmentationImages, device, save: int, fold
 def train(cfg: VOCSegConfig, model: FCN32s, info: dict, train_set: SegmentationImages, deviations: dict, device,
           progress: bool, stop_after: int | None = None) -> bool:
     """The training loop in cfg.out (resumable); True when complete, False when stopped early."""
-    optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum)
+    # fused: the unfused step over FCN's 57M weights with weight decay costs ~0.12 s of a ~0.7 s batch-1
+    # update on one CPU core (benchmarks/fcn_step.py)
+    optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, fused=True)
     run = TrainingRun.for_config(cfg, "eval voc12-seg", must_match=RESUME_MUST_MATCH, total=cfg.iters, unit="update",
                                  log_key="iter", desc="voc12-seg FCN-32s", device=device, progress=progress,
                                  stop_after=stop_after, trunk_sha256=info["sha256"])

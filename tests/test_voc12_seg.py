@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
@@ -53,6 +54,31 @@ def test_fc_layers_become_convolutions_with_the_same_weights():
         fcn = FCN32s(trunk).eval()
         got = fcn.fc7(fcn.fc6(pool5))[..., 0, 0]
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("max_positions", [0, 128])  # 0: the convolution path, 128: the matrix product
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_fully_connected_conv_is_a_convolution(kernel, max_positions, monkeypatch):
+    """FullyConnectedConv2d (a matrix product over unfolded patches, or the convolution on larger maps) against
+    float64 F.conv2d on a map of 20 positions, batch 2: outputs and the gradients of input, weight and bias."""
+    from cpfs_bench.evaluate.fcn import FullyConnectedConv2d
+
+    monkeypatch.setattr(FullyConnectedConv2d, "MATMUL_MAX_POSITIONS", max_positions)
+    torch.manual_seed(0)
+    layer = FullyConnectedConv2d(5, 7, kernel).double()
+    x = torch.randn(2, 5, kernel + 3, kernel + 4, dtype=torch.float64, requires_grad=True)
+    weight, bias = (layer.weight.detach().clone().requires_grad_(), layer.bias.detach().clone().requires_grad_())
+    x_ref = x.detach().clone().requires_grad_()
+    upstream = torch.randn(2, 7, 4, 5, dtype=torch.float64)
+    got, expected = layer(x), F.conv2d(x_ref, weight, bias)
+    assert got.shape == expected.shape == (2, 7, 4, 5)
+    (got * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    assert torch.allclose(got, expected, atol=1e-12)
+    for mine, reference in ((x.grad, x_ref.grad), (layer.weight.grad, weight.grad), (layer.bias.grad, bias.grad)):
+        assert torch.allclose(mine, reference, atol=1e-12)
+    with pytest.raises(RuntimeError, match="smaller than"):
+        layer(torch.zeros(1, 5, kernel - 1, kernel + 4, dtype=torch.float64))
 
 
 def test_loss_is_summed_or_averaged_over_labelled_pixels():
