@@ -94,9 +94,18 @@ SEG = dict(iters=1000, iter_size=1, lr=1e-3)
 def side_by_side(*calls):
     """[fn(*args, **kwargs) for (fn, args, kwargs) in calls] in two processes of half the cores each: on 2 cores
     two 1-thread runs do ~1.3x the work per second of one 2-thread run (measured on a batch-1 FCN update:
-    470 ms on 2 threads, 728 ms on 1 with a second beside it: segmentation 1,120 -> 906 s); batched trainings
-    gain nothing (the trunks: 503 -> 496 s)."""
+    470 ms on 2 threads, 728 ms on 1 with a second beside it: segmentation 1,120 -> 906 s, before fc6/fc7 became
+    matrix products); batched trainings gain nothing (the trunks: 503 -> 496 s)."""
     return call_concurrently(list(calls), workers=2, threads=max(1, (os.cpu_count() or 2) // 2))
+
+
+def finetune_side_by_side(run, config, settings: dict, checkpoints: dict, tmp, kind: str, names=("supervised", "random"),
+                          **fields) -> dict:
+    """One fine-tuning `run(config(...))` per trunk in names, side by side, each in tmp/KIND-NAME with the
+    shared records file; settings are passed as the user's explicit values. Returns {name: run's result}."""
+    calls = [(run, (config(ckpt=str(checkpoints[name]), out=str(tmp / f"{kind}-{name}"), store=str(tmp / "records.jsonl"),
+                           **fields, **settings),), dict(progress=False, explicit=tuple(settings))) for name in names]
+    return dict(zip(names, side_by_side(*calls)))
 
 
 @pytest.fixture(scope="module")
@@ -174,11 +183,8 @@ def test_ladder_voc07_cls_finetuning(ladder_checkpoints):
     from cpfs_bench.evaluate.voc07_cls import run as voc07_cls
 
     checkpoints, _, tmp = ladder_checkpoints
-    names = ("supervised", "random")
-    outs = side_by_side(*[(voc07_cls, (VOCClsConfig(ckpt=str(checkpoints[name]), out=str(tmp / f"cls-{name}"),
-                                                    store=str(tmp / "records.jsonl"), **CLS),),
-                           dict(progress=False, explicit=tuple(CLS))) for name in names])
-    mean_ap = {name: out["mAP"]["reference"] for name, out in zip(names, outs)}
+    outs = finetune_side_by_side(voc07_cls, VOCClsConfig, CLS, checkpoints, tmp, "cls")
+    mean_ap = {name: out["mAP"]["reference"] for name, out in outs.items()}
     print(f"voc07-cls mAP (reference metric): {mean_ap}")
     assert mean_ap["supervised"] > mean_ap["random"] + 5, mean_ap
 
@@ -190,13 +196,16 @@ def test_ladder_voc12_seg_finetuning(ladder_checkpoints):
     random one only background. The default world's SBD split (84 training images, a few objects per class) is too
     small for any trunk to learn more than the background prior in the minutes a test can spend, so this test writes
     a VOC world with 500 SBD training images and 140 seg11valid ones (SEG_WORLD) and runs SEG: 1,000 updates of one
-    image at lr 1e-3 (instead of 100k x 20 at 1e-4; all recorded as deviations). Measured in .ci/run (2026-12-06,
-    side by side): supervised mIoU 4.42, IoU above 1% on cat 7.3, sofa 4.9, horse 2.6, bird 2.0, cow 1.0; random
-    3.52, cat 1.8; 906 s (one after the other 4.17 vs 3.51, 1,120 s), half the ladder. Shorter runs did not separate
-    the trunks (2 cores, this supervised trunk or a 3-epoch one vs random, all at the background prior or one class
-    near 1-2% IoU): 150-500 updates at lr 2e-3..1e-2 on this world, on one with smaller images, and on one with a
-    single large object per image (300 updates at lr 3e-3: 3.24, tvmonitor 2.2, vs 3.08; at 1e-2 both background
-    only; 3e-2 diverges). This rung is the ladder's longest (README)."""
+    image at lr 1e-3 (instead of 100k x 20 at 1e-4; all recorded as deviations). Measured side by side with fc6/fc7
+    as matrix products and fused SGD (2026-12-06, scratch trunks trained as the fixture does, 2 threads): supervised
+    mIoU 4.17, IoU above 1% on cat 7.9, horse 2.5, sofa 1.8, bird 1.4; random 3.37, background only; 664 s (before
+    that change, in .ci/run: 4.42 vs 3.52, cat, sofa, horse, bird, cow vs cat, 906 s; one after the other 4.17 vs
+    3.51, 1,120 s). Shorter runs did not separate the trunks (2 cores, this supervised trunk or a 3-epoch one vs
+    random, all at the background prior or one class near 1-2% IoU): 150-500 updates at lr 2e-3..1e-2 on this world,
+    on one with smaller images, and on one with a single large object per image (300 updates at lr 3e-3: 3.24,
+    tvmonitor 2.2, vs 3.08; at 1e-2 both background only; 3e-2 diverges); before that change, 1,000 updates on
+    160-240 px images: 4.17
+    (horse, sofa) vs 3.39 in 818 s, no shorter. This rung is the ladder's longest (README)."""
     from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
     from cpfs_bench.evaluate.voc12_seg import VOCSegConfig
     from cpfs_bench.evaluate.voc12_seg import run as voc12_seg
@@ -205,13 +214,9 @@ def test_ladder_voc12_seg_finetuning(ladder_checkpoints):
     world = tmp / "voc-seg-world"
     write_voc_world(VOCWorldConfig(out=str(world), voc07_trainval=2, voc07_test=2, workers=2, **SEG_WORLD),
                     progress=False)
-    names = ("supervised", "random")
-    outs = side_by_side(*[(voc12_seg, (VOCSegConfig(ckpt=str(checkpoints[name]), sbd=str(world), voc=str(world),
-                                                    out=str(tmp / f"seg-{name}"), store=str(tmp / "records.jsonl"),
-                                                    **SEG),), dict(progress=False, explicit=tuple(SEG)))
-                          for name in names])
+    outs = finetune_side_by_side(voc12_seg, VOCSegConfig, SEG, checkpoints, tmp, "seg", sbd=str(world), voc=str(world))
     miou, objects = {}, {}
-    for name, out in zip(names, outs):
+    for name, out in outs.items():
         miou[name] = out["mIoU"]
         objects[name] = sorted(c for c, v in out["iou"].items() if c != "background" and v > 1)
         print(f"voc12-seg {name}: mIoU {out['mIoU']:.2f}, per class {out['iou']}, {out['seconds']:.0f} s")
@@ -234,12 +239,9 @@ def test_ladder_voc07_det_finetuning(ladder_checkpoints):
     from cpfs_bench.evaluate.voc07_det import run as voc07_det
 
     checkpoints, _, tmp = ladder_checkpoints
-    names = ("supervised", "random")
-    outs = side_by_side(*[(voc07_det, (VOCDetConfig(ckpt=str(checkpoints[name]), out=str(tmp / f"det-{name}"),
-                                                    store=str(tmp / "records.jsonl"), **DET),),
-                           dict(progress=False, explicit=tuple(DET))) for name in names])
+    outs = finetune_side_by_side(voc07_det, VOCDetConfig, DET, checkpoints, tmp, "det")
     mean_ap = {}
-    for name, out in zip(names, outs):
+    for name, out in outs.items():
         mean_ap[name] = out["mAP"]
         losses = [json.loads(line)["loss"] for line in (tmp / f"det-{name}" / "log.jsonl").read_text().splitlines()[1:]]
         print(f"voc07-det {name}: mAP {out['mAP']:.2f}, loss first 20 {np.mean(losses[:20]):.3f}, "
