@@ -204,8 +204,7 @@ def test_ladder_voc12_seg_finetuning(ladder_checkpoints):
     random, all at the background prior or one class near 1-2% IoU): 150-500 updates at lr 2e-3..1e-2 on this world,
     on one with smaller images, and on one with a single large object per image (300 updates at lr 3e-3: 3.24,
     tvmonitor 2.2, vs 3.08; at 1e-2 both background only; 3e-2 diverges); before that change, 1,000 updates on
-    160-240 px images: 4.17
-    (horse, sofa) vs 3.39 in 818 s, no shorter. This rung is the ladder's longest (README)."""
+    160-240 px images: 4.17 (horse, sofa) vs 3.39 in 818 s, no shorter. This rung is the ladder's longest (README)."""
     from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
     from cpfs_bench.evaluate.voc12_seg import VOCSegConfig
     from cpfs_bench.evaluate.voc12_seg import run as voc12_seg
