@@ -163,6 +163,27 @@ class TorchvisionAlexNet(nn.Module):
         return self.activations(x, ("fc7",))["fc7"]
 
 
+@torch.no_grad()
+def fold_batchnorm(trunk: CaffeNet) -> None:
+    """In place, on a "caffenet_bn" trunk: each BatchNorm's per-channel scale gamma / sqrt(var + eps) moves into
+    the preceding conv / fc weights and its shift beta - mean * scale into its bias; the BatchNorm becomes
+    x + bias in eval mode (running mean 0, variance 1 - eps, gamma 1). The eval-mode function is unchanged,
+    and each layer's scale is now in its weights alone, so a per-layer rescaling of weight and shift (magic_init's
+    calibrateGradientRatio) rescales the layer, as in deepcontext's debatchnorm.py before calibrating. A no-op
+    on trunks without BatchNorm."""
+    if not isinstance(trunk, CaffeNet) or not trunk.batch_norm:
+        return
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+        layer, bn = getattr(trunk, name)[0], getattr(trunk, name)[1]
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        shift = bn.bias.double() - bn.running_mean.double() * scale
+        layer.weight.copy_(layer.weight.double() * scale.view(-1, *([1] * (layer.weight.dim() - 1))))
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1 - bn.eps)
+        bn.weight.fill_(1.0)
+        bn.bias.copy_(shift)
+
+
 def build_trunk(arch: str) -> nn.Module:
     """A freshly initialised trunk: "caffenet_bn" / "caffenet" (CaffeNet) or "alexnet" (torchvision's)."""
     if arch not in TRUNK_ARCHITECTURES:

@@ -9,7 +9,7 @@ from cpfs_bench.baselines.random_init import write_random_checkpoint
 from cpfs_bench.baselines.supervised import SupervisedConfig, resolve_config, run
 from cpfs_bench.bench.checkpoint import CheckpointError, load_checkpoint
 from cpfs_bench.evaluate.backbone import default_method_name, default_run_name, load_trunk
-from cpfs_bench.pretrain.alexnet import build_trunk
+from cpfs_bench.pretrain.alexnet import LAYERS, build_trunk, fold_batchnorm
 
 
 def test_random_baseline_is_seeded_and_loads_everywhere(tmp_path):
@@ -218,3 +218,35 @@ def test_supervised_interrupted_and_resumed_matches_an_uninterrupted_run_bit_for
     assert [r.get("epoch") for r in log("b")] == [1, 2, None]
     assert [r.get("train_loss") for r in log("a")] == [r.get("train_loss") for r in log("b")]
     assert log("a")[-1]["val_top1"] == log("b")[-1]["val_top1"]
+
+
+def test_fold_batchnorm_keeps_the_eval_function_and_puts_the_scale_in_the_weights():
+    """float64 caffenet_bn with non-trivial BatchNorm statistics and affine parameters: every layer's output
+    is unchanged after folding; each BatchNorm is then x + beta, and the weights carry gamma / sqrt(var + eps)."""
+    torch.manual_seed(0)
+    trunk = build_trunk("caffenet_bn").double().eval()
+    for m in trunk.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.2, 3)
+            m.weight.data.uniform_(0.5, 2)
+            m.bias.data.normal_()
+    x = torch.randn(2, 3, 227, 227, dtype=torch.float64)
+    conv3_weight = trunk.conv3[0].weight.clone()
+    bn = trunk.conv3[1]
+    expected_scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    with torch.no_grad():
+        before = trunk.activations(x, LAYERS)
+        fold_batchnorm(trunk)
+        after = trunk.activations(x, LAYERS)
+    for name in LAYERS:
+        assert torch.allclose(after[name], before[name], rtol=1e-9, atol=1e-9), name
+    assert torch.allclose(trunk.conv3[0].weight, conv3_weight * expected_scale.view(-1, 1, 1, 1))
+    for m in trunk.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            assert torch.all(m.running_mean == 0) and torch.all(m.weight == 1)
+            assert torch.allclose(m.running_var, torch.full_like(m.running_var, 1 - m.eps))
+    plain = build_trunk("caffenet")
+    state = {k: v.clone() for k, v in plain.state_dict().items()}
+    fold_batchnorm(plain)
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in state.items())
