@@ -230,6 +230,8 @@ def _pretrain_options(fn):
                      help="direct-cls: flow codebook size (even)."),
         click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=d["optimizer"], show_default=True),
         click.option("--lr", type=POSITIVE_FLOAT, default=d["lr"], show_default=True),
+        click.option("--fc-lr-mult", type=POSITIVE_FLOAT, default=d["fc_lr_mult"], show_default=True,
+                     help="lr multiplier on the trunk's fc6/fc7."),
         click.option("--momentum", type=float, default=d["momentum"], show_default=True, help="SGD only."),
         click.option("--weight-decay", type=float, default=d["weight_decay"], show_default=True),
         click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default=d["schedule"],

@@ -97,8 +97,10 @@ class RunFolder:
     A fresh run refuses a folder that already holds last.pt; `resume` needs last.pt and refuses
     when any setting in `must_match` differs from the one the run was started with, naming each."""
 
-    def __init__(self, out, command: str, config: dict, resume: bool, must_match=()):
+    def __init__(self, out, command: str, config: dict, resume: bool, must_match=(), defaults: dict | None = None):
+        """defaults: the value of a setting a run's config.json lacks (saved before the setting existed)."""
         config = json.loads(json.dumps(config))  # as config.json holds it (tuples -> lists)
+        defaults = json.loads(json.dumps(defaults or {}))
         self.out = Path(out)
         self.command = command
         self.last = self.out / "last.pt"
@@ -115,6 +117,7 @@ class RunFolder:
                 raise CheckpointError(f"--resume: {self.last} does not exist (nothing to resume in {self.out})")
             if self.config_path.exists():
                 saved = json.loads(self.config_path.read_text())["config"]
+                saved = {**{k: v for k, v in defaults.items() if k in must_match}, **saved}
                 clash = {k: (saved.get(k), config.get(k)) for k in must_match if saved.get(k) != config.get(k)}
                 if clash:
                     from cpfs_bench.bench.checkpoint import CheckpointError
@@ -230,8 +233,9 @@ class TrainingRun:
 
     def __init__(self, out, command: str, config: dict, *, resume: bool, must_match=(), total: int,
                  unit: str = "step", log_key: str = "step", desc: str = "", device=None, progress: bool = True,
-                 ckpt_every: int = 100, save_minutes: float = 10.0, stop_after: int | None = None, amp: bool = True):
-        self.folder = RunFolder(out, command, config, resume, must_match)
+                 ckpt_every: int = 100, save_minutes: float = 10.0, stop_after: int | None = None, amp: bool = True,
+                 defaults: dict | None = None):
+        self.folder = RunFolder(out, command, config, resume, must_match, defaults)
         self.config = config
         self.resuming = resume
         self.total, self.unit, self.log_key, self.desc = total, unit, log_key, desc
@@ -249,10 +253,13 @@ class TrainingRun:
                    progress: bool = True, stop_after: int | None = None, **config_extra) -> TrainingRun:
         """The run of a command's config dataclass: its folder (cfg.out), --resume, save cadence (cfg.ckpt_every,
         else every step: an epoch loop's) and cfg.save_minutes, amp (cfg.amp, else on); config.json holds
-        asdict(cfg) and `config_extra` (e.g. the trunk's sha256, so a resume on another trunk is refused)."""
-        from dataclasses import asdict
+        asdict(cfg) and `config_extra` (e.g. the trunk's sha256, so a resume on another trunk is refused); a setting
+        a run's config.json lacks (saved before the setting existed) counts as the dataclass default."""
+        from dataclasses import MISSING, asdict, fields
 
+        defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
         return cls(cfg.out, command, {**asdict(cfg), **config_extra}, resume=cfg.resume, must_match=must_match,
+                   defaults=defaults,
                    total=total, unit=unit, log_key=log_key, desc=desc, device=device, progress=progress,
                    ckpt_every=getattr(cfg, "ckpt_every", 1), save_minutes=cfg.save_minutes, stop_after=stop_after,
                    amp=getattr(cfg, "amp", True))

@@ -43,6 +43,7 @@ class PretrainConfig:
     classes: int = 16  # direct-cls: flow codebook size (even: mirrored pairs)
     optimizer: str = "adam"
     lr: float = 1e-3
+    fc_lr_mult: float = 1.0  # lr multiplier on the trunk's fc6/fc7 (the paper states none; issue 24's fc collapse)
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0
     schedule: str = "cosine"  # cosine | step (x0.1 at 50% and 75%) | constant

@@ -42,7 +42,7 @@ from cpfs_bench.pretrain.losses import (
 
 # a resumed run must agree on these: they define the model, the objective or the data order
 RESUME_MUST_MATCH = ("loss", "data", "arch", "batch_size", "pixels", "hidden", "embed_dim", "classes", "optimizer",
-                     "sigma", "learn_sigma", "squash", "crop", "seed")
+                     "fc_lr_mult", "sigma", "learn_sigma", "squash", "crop", "seed")
 # what the paper states (seed/cpfs-paper-notes.txt); our defaults that differ are recorded as deviations
 PAPER = {"learn_sigma": True, "embed_dim": 16}
 # embeddings whose mean pairwise cosine stays above this (after COLLAPSE_AFTER steps) have collapsed
@@ -90,8 +90,8 @@ def check_config(cfg: PretrainConfig) -> None:
     for name in ("iters", "batch_size", "pixels", "ckpt_every", "log_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.sigma <= 0 or cfg.lr <= 0 or cfg.save_minutes <= 0:
-        raise ValueError("sigma, lr and save_minutes must be > 0")
+    if cfg.sigma <= 0 or cfg.lr <= 0 or cfg.fc_lr_mult <= 0 or cfg.save_minutes <= 0:
+        raise ValueError("sigma, lr, fc_lr_mult and save_minutes must be > 0")
 
 
 def paper_deviations(cfg: PretrainConfig) -> dict:
@@ -127,9 +127,14 @@ def run(cfg: PretrainConfig, progress: bool = True, stop_after: int | None = Non
     head.to(device).train()
     sigma.to(device)
     params = list(trunk.parameters()) + list(head.parameters())
-    groups = [{"params": params, "weight_decay": cfg.weight_decay}]
+    groups = [{"params": params, "weight_decay": cfg.weight_decay, "lr_mult": 1.0}]
+    if cfg.fc_lr_mult != 1.0:  # a group of its own only then: runs saved before the option resume unchanged
+        fc = {id(p) for name in ("fc6", "fc7") for p in getattr(trunk, name).parameters()}
+        groups = [{"params": [p for p in params if id(p) not in fc], "weight_decay": cfg.weight_decay, "lr_mult": 1.0},
+                  {"params": [p for p in params if id(p) in fc], "weight_decay": cfg.weight_decay,
+                   "lr_mult": cfg.fc_lr_mult}]
     if cfg.learn_sigma and spec.kernel:
-        groups.append({"params": list(sigma.parameters()), "weight_decay": 0.0})
+        groups.append({"params": list(sigma.parameters()), "weight_decay": 0.0, "lr_mult": 1.0})
     # fused kernels: on 2 CPU cores the unfused Adam step over AlexNet's 61M weights costs ~0.6 s
     if cfg.optimizer == "adam":
         optimizer = torch.optim.Adam(groups, lr=cfg.lr, fused=True)
@@ -163,7 +168,7 @@ def run(cfg: PretrainConfig, progress: bool = True, stop_after: int | None = Non
             step = run.step + 1  # the step this batch makes (run.step: the steps done)
             lr = scheduled_lr(cfg.schedule, cfg.lr, run.step, cfg.iters)
             for g in optimizer.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g["lr_mult"]
             image = image.to(device, non_blocking=True)
             flow, valid = flow.to(device, non_blocking=True), valid.to(device, non_blocking=True)
             # pixel positions: a pure function of (seed, step), drawn on the device, for exact resumes

@@ -63,6 +63,25 @@ def test_run_folder_refuses_overwrite_and_names_resume_differences(tmp_path):
               must_match=("seed", "layers"))
 
 
+def test_a_setting_an_older_run_lacks_counts_as_its_default(tmp_path):
+    """A run saved before `fc_lr_mult` existed resumes when the new setting is at its default, and is refused,
+    naming the setting, when it is not."""
+    folder = RunFolder(tmp_path / "r", "pretrain", {"seed": 1}, resume=False, must_match=("seed",))
+    folder.last.write_bytes(b"x")
+    must_match, defaults = ("seed", "fc_lr_mult"), {"seed": 0, "fc_lr_mult": 1.0}
+    with pytest.raises(CheckpointError, match="fc_lr_mult: run has 1.0, asked 0.1"):
+        RunFolder(tmp_path / "r", "pretrain", {"seed": 1, "fc_lr_mult": 0.1}, resume=True, must_match=must_match,
+                  defaults=defaults)
+    with pytest.raises(CheckpointError, match="fc_lr_mult: run has None"):  # no default given: refused
+        RunFolder(tmp_path / "r", "pretrain", {"seed": 1, "fc_lr_mult": 1.0}, resume=True, must_match=must_match)
+    # last, as a resume rewrites config.json; the saved seed still wins over its default
+    with pytest.raises(CheckpointError, match="seed: run has 1, asked 0"):
+        RunFolder(tmp_path / "r", "pretrain", {"seed": 0, "fc_lr_mult": 1.0}, resume=True, must_match=must_match,
+                  defaults=defaults)
+    RunFolder(tmp_path / "r", "pretrain", {"seed": 1, "fc_lr_mult": 1.0}, resume=True, must_match=must_match,
+              defaults=defaults)
+
+
 def test_jsonl_log_fresh_and_resumed(tmp_path):
     path = tmp_path / "log.jsonl"
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"val": 1}\n{"step": 4, "tor')

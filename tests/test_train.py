@@ -175,3 +175,21 @@ def test_log_starts_fresh_and_resume_drops_steps_after_the_checkpoint(tiny_flow,
     run(tiny_config(tiny_flow, tmp_path, resume=True), progress=False)
     log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and 9 not in [r["loss"] for r in log]
+
+
+def test_fc_lr_mult_scales_only_the_fc6_fc7_step(tiny_flow, tmp_path):
+    """One Adam step (its first update is lr x lr_mult per weight, whatever the gradient's scale) at fc_lr_mult
+    1, 0.5 and ~0: conv1 and the head move alike in all three; fc6/fc7's move at 1 is twice the one at 0.5."""
+    trunks = {}
+    for mult in (1.0, 0.5, 1e-9):
+        run(tiny_config(tiny_flow, tmp_path / str(mult), iters=1, fc_lr_mult=mult), progress=False)
+        trunks[mult] = load_checkpoint(tmp_path / str(mult) / "final.pt")["trunk"]
+    start = trunks[1e-9]
+    for key in trunks[1.0]:
+        if key.startswith(("fc6.", "fc7.")) and key.endswith(("weight", "bias")):
+            full, half = trunks[1.0][key] - start[key], trunks[0.5][key] - start[key]
+            assert full.abs().max() > 1e-5, key
+            assert torch.allclose(full, 2 * half, atol=1e-6), key  # float32 rounding near weights of ~1
+        else:
+            assert torch.equal(trunks[1.0][key], trunks[0.5][key]) and torch.equal(trunks[1.0][key], start[key]), key
+    assert json.loads((tmp_path / "0.5" / "config.json").read_text())["config"]["fc_lr_mult"] == 0.5
