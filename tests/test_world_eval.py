@@ -136,8 +136,9 @@ def ladder_checkpoints(tmp_path_factory):
 def test_ladder_supervised_above_cpfs_above_random(ladder_checkpoints):
     """Linear probes (smoke preset, 3 epochs) at conv3..conv5 on the embedded ImageNet world (benchmarks/ladder.py
     measures the full-scale ladder over seeds, README "The ladder"), and an appearance-only classifier on the same
-    world. Measured (seed 0, .ci/run 2026-12-06, trunks trained side by side, probes side by side): mean top-1 over
-    conv3..conv5 supervised 46.2, CPFS-KTA 33.4 (39.8 / 32.7 / 27.6), random 23.5, probes 127 s. On trunks trained
+    world. Measured (seed 0, .ci/run 2026-12-06 at 1c22006, trunks trained side by side, probes one after the
+    other): mean top-1 over conv3..conv5 supervised 46.2, CPFS-KTA 35.8 (39.9 / 34.3 / 33.1), random 23.5, probes
+    116 s; in the run before, probes side by side: KTA 33.4 (39.8 / 32.7 / 27.6), 127 s. On trunks trained
     one after the other on 2 threads (supervised 49.5, KTA 36.8, random 23.5), probing one after the other took
     104 s and side by side 120 s, the same numbers either way, so the probes run one after the other. 2026-12-04,
     all one after the other: supervised 49.5, CPFS-KTA 36.0 (37.1 / 34.9 / 35.9), random 23.5 (3 seeds of the full
@@ -174,7 +175,8 @@ def test_ladder_supervised_above_cpfs_above_random(ladder_checkpoints):
 def test_ladder_voc07_cls_finetuning(ladder_checkpoints):
     """`bench eval voc07-cls` on the embedded VOC world at CLS (60 iterations, 1 crop; recorded as deviations) from
     the supervised and the random trunk: fine-tuning from the supervised trunk beats fine-tuning from random init.
-    Measured in .ci/run (2026-12-06, side by side): mAP supervised 17.0, random 11.0, 73 s (one after the other:
+    Measured in .ci/run (2026-12-06, side by side): mAP supervised 17.0, random 11.0, 73 s (at 1c22006, fused SGD:
+    the same, 65 s; one after the other:
     18.1, 11.1); random init over 8 nearby settings (60-150 iterations, lr, crops, train-from) 9.9-12.4, this
     supervised trunk 16.9-17.2 (a 3-epoch one 14.1-15.9). The smoke preset with the full-scale supervised trunk
     gives 25.0 vs 10.6 (benchmarks/ladder_transfer.py). CPFS-KTA is level with random here (README, "The ladder";
@@ -197,8 +199,9 @@ def test_ladder_voc12_seg_finetuning(ladder_checkpoints):
     small for any trunk to learn more than the background prior in the minutes a test can spend, so this test writes
     a VOC world with 500 SBD training images and 140 seg11valid ones (SEG_WORLD) and runs SEG: 1,000 updates of one
     image at lr 1e-3 (instead of 100k x 20 at 1e-4; all recorded as deviations). Measured side by side with fc6/fc7
-    as matrix products and fused SGD (2026-12-06, scratch trunks trained as the fixture does, 2 threads): supervised
-    mIoU 4.17, IoU above 1% on cat 7.9, horse 2.5, sofa 1.8, bird 1.4; random 3.37, background only; 664 s (before
+    as matrix products and fused SGD (.ci/run 2026-12-06 at 1c22006): supervised mIoU 4.38, IoU above 1% on cat
+    6.9, sofa 5.4, bird 2.1, horse 1.6; random 3.37, background only; 609 s (on scratch trunks trained as the fixture
+    does: 4.17, cat, horse, sofa, bird vs 3.37, 664 s; before
     that change, in .ci/run: 4.42 vs 3.52, cat, sofa, horse, bird, cow vs cat, 906 s; one after the other 4.17 vs
     3.51, 1,120 s). Shorter runs did not separate the trunks (2 cores, this supervised trunk or a 3-epoch one vs
     random, all at the background prior or one class near 1-2% IoU): 150-500 updates at lr 2e-3..1e-2 on this world,
@@ -230,7 +233,8 @@ def test_ladder_voc07_det_finetuning(ladder_checkpoints):
     """`bench eval voc07-det` (Fast R-CNN) from the supervised and the random trunk on the first 120
     trainval / 100 test images of the embedded world at shorter side 227, 120 iterations at lr 2e-3
     (DET; recorded as deviations): the loss falls and the supervised trunk detects better. Measured in
-    .ci/run (2026-12-06, side by side): mAP supervised 9.6, random 1.8, loss (mean of the first and last 20
+    .ci/run (2026-12-06 at 1c22006, side by side, fused SGD): mAP supervised 8.6, random 1.7, 0.6 s per iteration,
+    118 s; in the run before: 9.6 vs 1.8, loss (mean of the first and last 20
     iterations) 2.07 -> 1.57 and 2.77 -> 1.86, 0.7 s per iteration, 134 s (one after the other: 9.7 vs 0.9,
     0.4 s per iteration, 148 s; a 3-epoch supervised trunk: 8.3). The longer setting
     (300 iterations, 250 / 100 images at 300: 10.9 vs 0.9) is in benchmarks/ladder_transfer.py."""
