@@ -62,9 +62,6 @@ class FullyConnectedConv2d(nn.Conv2d):
 
     MATMUL_MAX_POSITIONS = 128
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
-        super().__init__(in_channels, out_channels, kernel_size, bias=bias)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.kernel_size[0]
         height, width = x.shape[-2] - k + 1, x.shape[-1] - k + 1
