@@ -413,6 +413,18 @@ def evaluation_options(cls, command: str, *, model_role: str | None = None, fold
             click.option("--workers", type=NON_NEGATIVE, default=d["workers"], show_default=d["workers"] is not None,
                          help=workers_help)]
     tail = [option for option in tail if option is not None]  # (the SVMs draw nothing at random: no --seed)
+    if "init" in d:  # the fine-tuning evaluations (evaluate/initialization.py)
+        tail += [click.option("--init", type=click.Choice(cls.INITS), default=d["init"], show_default=True,
+                              help="The loaded trunk before fine-tuning: as-is (the protocol); rescale = magic_init "
+                                   "-cs, one scale per layer equalising gradient/weight ratios (BatchNorm folded "
+                                   "first; needs --bn-mode eval on BN trunks); reinit-fc = fc6/fc7 drawn again, "
+                                   "data-dependent (magic_init elwise); reinit-fc-rescale = both. Recorded."),
+                 click.option("--init-images", type=POSITIVE, default=d["init_images"], show_default=True,
+                              help="Training images --init measures (magic_init: 10 batches of 16).")]
+    if "bn_mode" in d:
+        tail.append(click.option("--bn-mode", type=click.Choice(["eval", "train"]), default=d["bn_mode"],
+                                 show_default=True, help="BatchNorm trunks: eval = running statistics, train = "
+                                                         "batch statistics."))
     if folder:
         tail += [click.option("--out", type=click.Path(file_okay=False), default=None,
                               help=f"Run folder [runs/{command}-<run>-<checkpoint sha>]."),

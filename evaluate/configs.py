@@ -82,7 +82,11 @@ class FineTuningRun:
     """The options every fine-tuning evaluation shares (voc07-cls, voc07-det, voc12-seg): the checkpoint it
     starts from, its run folder and saves, the records' names; each task's Config adds its protocol."""
 
+    INITS: ClassVar[tuple[str, ...]] = ("as-is", "rescale", "reinit-fc", "reinit-fc-rescale")
+
     ckpt: str = ""  # the pretrained checkpoint to fine-tune
+    init: str = "as-is"  # the loaded trunk before fine-tuning (evaluate/initialization.py): as-is = the protocol
+    init_images: int = 160  # training images the data-dependent --init measures (magic_init: 10 batches of 16)
     model: str | None = None  # --eval-only: a final.pt this task wrote, re-scored without training
     preset: str | None = None  # None: "smoke" on the embedded world, else the protocol
     seed: int = 0
@@ -108,6 +112,7 @@ class VOCClsConfig(FineTuningRun):
 
     voc: str | None = None  # VOCdevkit (or its parent); None = the embedded world + preset smoke
     train_from: str = "conv1"  # conv1: every layer; fc6: fc6 on; fc8: the new classifier only
+    bn_mode: str = "train"  # BatchNorm trunks: batch statistics (batch 16), or "eval": running statistics
     iters: int = 80000
     batch_size: int = 16
     lr: float = 0.001

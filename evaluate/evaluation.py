@@ -42,6 +42,7 @@ class Evaluation:
     dataset_info: dict | None = None
     dataset: str | None = None
     split: str | None = None
+    init_report: dict | None = None  # what --init did to the loaded trunk (evaluate/initialization.py)
 
     @property
     def eval_only(self) -> bool:
@@ -59,6 +60,8 @@ class Evaluation:
         """One result record with this evaluation's identity (results.store.make_record); kept until `write`."""
         from cpfs_bench.results.store import make_record
 
+        if self.init_report is not None and not self.records:  # the headline record carries it
+            extra = {**(extra or {}), "init": self.init_report}
         rec = make_record(self.task, metric, value, method=self.method, run=self.run_name, protocol=self.protocol,
                           layer=layer, deviations=self.deviations, checkpoint=self.checkpoint,
                           checkpoint_sha256=self.info["sha256"], checkpoint_step=self.info["step"],
@@ -80,15 +83,32 @@ class Evaluation:
                 "deviations": self.deviations, "seconds": time.perf_counter() - self.started}
 
 
+def init_line(report: dict) -> str:
+    """One line saying what --init did (evaluate/initialization.py's report)."""
+    parts = [f"--init {report['init']} on {report['images']} training images"]
+    if report["folded_batchnorm"]:
+        parts.append("BatchNorm folded into the weights")
+    if report["fc"]:
+        parts.append("fc6/fc7 drawn again (magic_init elwise)")
+    if report["ratio_spread"]:
+        first, last = report["ratio_spread"]
+        scales = " ".join(f"{k} x{v:.3g}" for k, v in report["weight_scale"].items())
+        parts.append(f"gradient/weight ratio spread {first:.3g} -> {last:.3g} in {report['rounds']} rounds ({scales})")
+    return "; ".join(parts)
+
+
 def prepare(cfg, *, kind: str, task: str, protocol: str, resolve_config: Callable, explicit=(),
             data_fields=("voc",), default_world: Callable | None = None, progress: bool = True,
-            trunk: str = "frozen", load_model: Callable | None = None, folder: bool = True) -> Evaluation:
+            trunk: str = "frozen", load_model: Callable | None = None, folder: bool = True,
+            init_images: Callable | None = None) -> Evaluation:
     """Prepare an evaluation. resolve_config(cfg, explicit) -> (cfg, deviations) checks and resolves the
     options without touching the data (a None data field = the embedded world, preset smoke);
     trunk: "frozen" (on the device, eval mode, no gradients) or "trainable" (on the CPU, train mode: the
     task builds its model and moves it); load_model(path, device) -> (model, info) for --model
     (cfg.model). Then the checkpoint is validated, the default world written when a data field is
-    None, and the preset line printed (when progress)."""
+    None, and the preset line printed (when progress). Fine-tuning (trunk "trainable", a cfg with `init`):
+    init_images(cfg) -> the training set's image files, which `--init` other than as-is measures
+    (evaluate/initialization.py); its report is ev.init_report, in the first record's extra and printed (when progress)."""
     started = time.perf_counter()
     cfg, deviations = resolve_config(cfg, explicit)
     device = resolve_device(cfg.device)
@@ -105,12 +125,24 @@ def prepare(cfg, *, kind: str, task: str, protocol: str, resolve_config: Callabl
             raise ValueError(f"{kind}: no checkpoint given (--ckpt)")
         loaded, info = load_trunk(cfg.ckpt, device if trunk == "frozen" else "cpu", frozen=trunk == "frozen")
         checkpoint = cfg.ckpt
+        if trunk == "trainable" and hasattr(cfg, "init"):
+            from cpfs_bench.evaluate.initialization import check_init
+
+            check_init(cfg.init, info["arch"], getattr(cfg, "bn_mode", "eval"), checkpoint)
     embedded = [f for f in data_fields if getattr(cfg, f) is None]
     if embedded:  # only now: a bad checkpoint must not first cost the world's minutes
         world = str(default_world(progress=progress))
         cfg = replace(cfg, **{f: world for f in embedded})
     if progress:
         print(preset_line(kind, deviations, bool(embedded)), file=sys.stderr, flush=True)
+    init_report = None
+    if loaded is not None and trunk == "trainable" and getattr(cfg, "init", "as-is") != "as-is":
+        from cpfs_bench.evaluate.initialization import initialize_trunk
+
+        init_report = initialize_trunk(loaded, cfg.init, init_images(cfg), info["mean"], info["std"],
+                                       cfg.init_images, cfg.seed)
+        if progress:
+            print(init_line(init_report), file=sys.stderr, flush=True)
     run_name = getattr(cfg, "name", None) or default_run_name(checkpoint)
     method = getattr(cfg, "method", None) or default_method_name(info, checkpoint)
     out = None
@@ -127,4 +159,4 @@ def prepare(cfg, *, kind: str, task: str, protocol: str, resolve_config: Callabl
             cfg = replace(cfg, out=str(out))
     return Evaluation(kind=kind, task=task, protocol=protocol, cfg=cfg, deviations=deviations, device=device,
                       info=info, checkpoint=checkpoint, run_name=run_name, method=method, out=out, trunk=loaded,
-                      model=model, started=started)
+                      model=model, started=started, init_report=init_report)

@@ -37,9 +37,9 @@ from cpfs_bench.bench.runs import TrainingRun, caffe_step_lr, loader_workers, pr
 from cpfs_bench.bench.sampling import StepBatchSampler
 from cpfs_bench.bench.voc_format import VOC_CLASSES
 from cpfs_bench.bench.world.defaults import default_voc_world
-from cpfs_bench.evaluate.backbone import finetuned_source
+from cpfs_bench.evaluate.backbone import batchnorm_on_running_statistics, finetuned_source
 from cpfs_bench.evaluate.configs import VOCClsConfig
-from cpfs_bench.evaluate.datasets import voc_classification_labels, voc_image_path
+from cpfs_bench.evaluate.datasets import read_id_list, voc_classification_labels, voc_image_path, voc_year_dir
 from cpfs_bench.evaluate.evaluation import prepare
 from cpfs_bench.evaluate.metrics import classification_ap
 from cpfs_bench.pretrain.alexnet import build_trunk
@@ -48,15 +48,17 @@ PROTOCOL = VOCClsConfig.PROTOCOL
 PROTOCOL_ITERS = VOCClsConfig.iters
 TRAIN_FROM = VOCClsConfig.TRAIN_FROM
 PRESETS = VOCClsConfig.PRESETS
-PROTOCOL_FIELDS = ("train_from", "iters", "batch_size", "lr", "bias_lr_mult", "momentum", "weight_decay", "lr_step",
+PROTOCOL_FIELDS = ("init", "bn_mode", "train_from", "iters", "batch_size", "lr", "bias_lr_mult", "momentum", "weight_decay", "lr_step",
                    "lr_gamma", "clip_grad_norm", "min_scale", "max_scale", "crop", "test_crops")
-RESUME_MUST_MATCH = ("voc", "train_from", "iters", "batch_size", "lr", "bias_lr_mult", "momentum", "weight_decay",
+RESUME_MUST_MATCH = ("voc", "init", "init_images", "bn_mode", "train_from", "iters", "batch_size", "lr", "bias_lr_mult", "momentum", "weight_decay",
                      "lr_step", "lr_gamma", "clip_grad_norm", "min_scale", "max_scale", "crop", "seed", "trunk_sha256")
 
 
 def resolve_config(cfg: VOCClsConfig, explicit=()) -> tuple[VOCClsConfig, dict]:
     """(cfg with the preset and lr step resolved, deviations from the protocol); cfg.voc None = the embedded
     world (preset smoke), written later by the evaluation entry."""
+    if cfg.bn_mode not in ("eval", "train"):
+        raise ValueError(f"unknown bn_mode {cfg.bn_mode!r}; choose eval or train")
     if cfg.train_from not in TRAIN_FROM:
         raise ValueError(f"unknown --train-from {cfg.train_from!r}; choose from {TRAIN_FROM}")
     if not 0 < cfg.min_scale <= cfg.max_scale:
@@ -224,6 +226,8 @@ def finetune(cfg: VOCClsConfig, trunk: nn.Module, info: dict, device, progress: 
              "trunk_sha256": info["sha256"], "finetuned_from": info["path"], "finetuned_from_step": info["step"],
              "train_from": cfg.train_from}
     model.train()
+    if cfg.bn_mode == "eval":
+        batchnorm_on_running_statistics(model)
     for module in fixed:  # frozen layers keep their BatchNorm statistics
         module.eval()
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
@@ -261,6 +265,12 @@ def load_finetuned(path, device) -> tuple[VOCClassifier, dict]:
     return model.to(device), finetuned_source(state)
 
 
+def trainval_images(cfg) -> list[Path]:
+    """The VOC2007 trainval image files (what --init measures)."""
+    ids = read_id_list(voc_year_dir(cfg.voc, "2007") / "ImageSets" / "Main" / "trainval.txt")
+    return [voc_image_path(cfg.voc, "2007", i) for i in ids]
+
+
 def run(cfg: VOCClsConfig, progress: bool = True, explicit=(), stop_after: int | None = None) -> dict:
     """Fine-tune (or, with cfg.model, load a fine-tuned model), test, append records. Returns {"mAP":
     {"reference", "voc07", "reference_1crop"}, "ap": {metric: [20]}, "out", "model", "scores", "store",
@@ -268,7 +278,7 @@ def run(cfg: VOCClsConfig, progress: bool = True, explicit=(), stop_after: int |
     when stop_after (iterations) left the run early, resumable, as a preempted job would."""
     ev = prepare(cfg, kind="voc07-cls", task="voc07_cls", protocol=PROTOCOL, resolve_config=resolve_config,
                  explicit=explicit, default_world=default_voc_world, progress=progress, trunk="trainable",
-                 load_model=load_finetuned)
+                 load_model=load_finetuned, init_images=trainval_images)
     cfg, device, info = ev.cfg, ev.device, ev.info
     if ev.eval_only:  # re-score a saved fine-tuned model
         model, model_path = ev.model, Path(cfg.model)
@@ -291,7 +301,7 @@ def run(cfg: VOCClsConfig, progress: bool = True, explicit=(), stop_after: int |
     ev.record("mAP", maps["reference"], extra={
         "ap_metric": "sklearn (reference code, score - 1e-5 x label)", "test_crops": cfg.test_crops,
         "ap": _per_class(ap["reference"]), "mAP_voc07_11pt": maps["voc07"], "mAP_1crop": maps["reference_1crop"],
-        "train_from": cfg.train_from, "run_folder": str(ev.out), "model": str(model_path), "arch": info["arch"]})
+        "train_from": cfg.train_from, "bn_mode": cfg.bn_mode, "run_folder": str(ev.out), "model": str(model_path), "arch": info["arch"]})
     ev.record("mAP_voc07_11pt", maps["voc07"], extra={"ap_metric": "devkit 11-point", "test_crops": cfg.test_crops,
                                                       "ap": _per_class(ap["voc07"])})
     for c, v in _per_class(ap["reference"]).items():

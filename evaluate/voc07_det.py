@@ -72,13 +72,13 @@ CLASSES = ("__background__", *VOC_CLASSES)
 TRAIN_FROM = VOCDetConfig.TRAIN_FROM
 DEDUP_SCALE = 1 / 16  # test.py: boxes that fall on the same conv5 cells are computed once
 PRESETS = VOCDetConfig.PRESETS
-PROTOCOL_FIELDS = ("iters", "lr", "lr_step", "lr_gamma", "momentum", "weight_decay", "bias_lr_mult",
+PROTOCOL_FIELDS = ("init", "iters", "lr", "lr_step", "lr_gamma", "momentum", "weight_decay", "bias_lr_mult",
                    "images_per_batch", "rois_per_image", "fg_fraction", "fg_thresh", "bg_thresh_hi", "bg_thresh_lo",
                    "bbox_thresh", "train_scales", "train_max_size", "test_scale", "test_max_size", "flip", "nms",
                    "score_thresh", "max_per_image", "train_from", "use_difficult", "bn_mode", "train_images",
                    "test_images", "roi_mapping", "proposal_mode")
 PROTOCOL_ROI_MAPPING = "fast-rcnn"  # the reference's; the default differs on purpose (evaluate/fast_rcnn.py)
-RESUME_MUST_MATCH = ("voc", "proposals", *PROTOCOL_FIELDS, "seed", "trunk_sha256")
+RESUME_MUST_MATCH = ("voc", "proposals", *PROTOCOL_FIELDS, "init_images", "seed", "trunk_sha256")
 RPN = VOCDetConfig.RPN
 RPN_DEVIATION = "rpn: Faster R-CNN, region proposal network trained jointly (evaluate/faster_rcnn.py)"
 
@@ -296,9 +296,9 @@ def set_modes(model: FastRCNN, cfg: VOCDetConfig) -> None:
 
 def parameter_groups(model: FastRCNN, cfg: VOCDetConfig) -> list[dict]:
     """Weights at lr with weight decay, biases at lr x bias_lr_mult without (BatchNorm scales count as
-    weights); conv1 left out when training from conv2."""
+    weights); conv1 left out when training from conv2, and what --init froze (a folded BatchNorm's scale)."""
     fixed = {id(p) for p in model.trunk.conv1.parameters()} if cfg.train_from == "conv2" else set()
-    params = [(n, p) for n, p in model.named_parameters() if id(p) not in fixed]
+    params = [(n, p) for n, p in model.named_parameters() if id(p) not in fixed and p.requires_grad]
     return [{"params": [p for n, p in params if not n.endswith("bias")], "lr_mult": 1.0,
              "weight_decay": cfg.weight_decay},
             {"params": [p for n, p in params if n.endswith("bias")], "lr_mult": cfg.bias_lr_mult, "weight_decay": 0.0}]
@@ -497,6 +497,11 @@ def split_ids(voc, split: str, limit: int | None) -> list[str]:
     return ids[:limit] if limit else ids
 
 
+def trainval_images(cfg) -> list[Path]:
+    """The trainval image files the detector trains on (what --init measures)."""
+    return [voc_image_path(cfg.voc, "2007", i) for i in split_ids(cfg.voc, "trainval", cfg.train_images)]
+
+
 def load_trained(path, device) -> tuple[FastRCNN, dict, dict]:
     """A `final.pt` written by voc07-det -> (model, info of the checkpoint it was trained from, its extra)."""
     state = load_checkpoint(path)
@@ -524,7 +529,7 @@ def run(cfg: VOCDetConfig, progress: bool = True, explicit=(), stop_after: int |
 
     ev = prepare(cfg, kind="voc07-det", task="voc07_det", protocol=PROTOCOL, resolve_config=resolve_config,
                  explicit=explicit, default_world=default_voc_world, progress=progress, trunk="trainable",
-                 load_model=load_model)
+                 load_model=load_model, init_images=trainval_images)
     cfg, device, info = ev.cfg, ev.device, ev.info
     counts, seconds_per_iter = {}, None
     if ev.eval_only:

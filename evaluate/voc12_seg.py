@@ -54,11 +54,11 @@ from cpfs_bench.pretrain.alexnet import build_trunk
 PROTOCOL = VOCSegConfig.PROTOCOL
 CLASSES = ("background", *VOC_CLASSES)
 PRESETS = VOCSegConfig.PRESETS
-PROTOCOL_FIELDS = ("iters", "iter_size", "lr", "momentum", "weight_decay", "train_split", "test_split", "bn_mode",
+PROTOCOL_FIELDS = ("init", "iters", "iter_size", "lr", "momentum", "weight_decay", "train_split", "test_split", "bn_mode",
                    "loss_normalization")
 # net.py's loss; the default differs on purpose (see the module docstring), so every run records it
 PROTOCOL_LOSS_NORMALIZATION = "none"
-RESUME_MUST_MATCH = ("sbd", "voc", "iters", "iter_size", "lr", "momentum", "weight_decay", "train_split", "seed",
+RESUME_MUST_MATCH = ("sbd", "voc", "init", "init_images", "iters", "iter_size", "lr", "momentum", "weight_decay", "train_split", "seed",
                      "bn_mode", "loss_normalization", "trunk_sha256")
 
 
@@ -235,6 +235,11 @@ def load_trained(path, device) -> tuple[FCN32s, dict, dict]:
     return model.to(device), finetuned_source(state), state.get("config") or {}
 
 
+def train_images(cfg) -> list[Path]:
+    """The SBD training split's image files (what --init measures)."""
+    return [sbd_dir(cfg.sbd) / "img" / f"{i}.jpg" for i in sbd_ids(cfg.sbd, cfg.train_split)]
+
+
 def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int | None = None) -> dict:
     """Train FCN-32s (or, with cfg.model, load a trained one), test, append records. Returns {"mIoU",
     "pixel_accuracy", "iou" {class: %}, "out", "model", "predictions", "store", "method", "run", "deviations",
@@ -247,7 +252,8 @@ def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int |
 
     ev = prepare(cfg, kind="voc12-seg", task="voc12_seg", protocol=PROTOCOL, resolve_config=resolve_config,
                  explicit=explicit, data_fields=("sbd", "voc"), default_world=default_voc_world, progress=progress,
-                 trunk="trainable", load_model=load_model)
+                 trunk="trainable", load_model=load_model,
+                 init_images=train_images)
     cfg, device, info = ev.cfg, ev.device, ev.info
     if ev.eval_only:
         model = ev.model

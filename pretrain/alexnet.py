@@ -4,9 +4,17 @@ Layer order follows Caffe's bvlc_reference_caffenet: conv1 relu pool1 norm1, con
 conv3 relu, conv4 relu, conv5 relu pool5, fc6 relu drop, fc7 relu drop. The "caffenet_bn" variant
 puts a BatchNorm after every conv and fc layer (before the ReLU) and drops LRN, as common in
 self-supervised AlexNets trained from scratch.
+
+Also the trunk surgery of the era's initialisations, on CaffeNet trunks (Krähenbühl et al., ICLR 2016, reference
+code philkr/magic_init, magic_init.py, read for this port): `data_dependent_init` (type "elwise") and
+`equalize_gradient_ratios` (-cs, calibrateGradientRatio), and `fold_batchnorm` (deepcontext's debatchnorm.py),
+which a BatchNorm trunk needs before a per-layer rescaling means what it does on a plain one.
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,6 +24,7 @@ INPUT_SIZE = 227
 LAYERS = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7")
 CHANNELS = {"conv1": 96, "pool1": 96, "conv2": 256, "pool2": 256, "conv3": 384, "conv4": 384,
             "conv5": 256, "pool5": 256, "fc6": 4096, "fc7": 4096}
+PARAMETER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # the layers with weights
 
 
 def check_layers(layers) -> set[str]:
@@ -173,7 +182,7 @@ def fold_batchnorm(trunk: CaffeNet) -> None:
     on trunks without BatchNorm."""
     if not isinstance(trunk, CaffeNet) or not trunk.batch_norm:
         return
-    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+    for name in PARAMETER_LAYERS:
         layer, bn = getattr(trunk, name)[0], getattr(trunk, name)[1]
         scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
         shift = bn.bias.double() - bn.running_mean.double() * scale
@@ -191,3 +200,130 @@ def build_trunk(arch: str) -> nn.Module:
     if arch == "alexnet":
         return TorchvisionAlexNet()
     return CaffeNet(batch_norm=arch == "caffenet_bn")
+
+
+def linear_and_shift(trunk: CaffeNet, name: str) -> tuple[nn.Module, torch.Tensor]:
+    """The layer's conv / linear module and the tensor acting as its bias (BatchNorm's shift on BN trunks)."""
+    block = getattr(trunk, name)
+    return block[0], (block[1].bias if trunk.batch_norm else block[0].bias)
+
+
+def apply_stage(trunk: CaffeNet, name: str, h: torch.Tensor) -> torch.Tensor:
+    """One named stage of the trunk (pools include the LRN that follows them; fc6 flattens its input)."""
+    if name in ("pool1", "pool2"):
+        return getattr(trunk, "norm" + name[-1])(getattr(trunk, name)(h))
+    if name == "fc6":
+        h = torch.flatten(h, 1)
+    return getattr(trunk, name)(h)
+
+
+def _preactivation(trunk: CaffeNet, name: str, h: torch.Tensor) -> torch.Tensor:
+    """The layer's output before its ReLU (conv / linear, then BatchNorm on BN trunks)."""
+    if name == "fc6":
+        h = torch.flatten(h, 1)
+    block = getattr(trunk, name)
+    out = block[0](h)
+    return block[1](out) if trunk.batch_norm else out
+
+
+def channel_statistics(outputs: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation (population, float64) over images and positions of a list of
+    (B, C) or (B, C, H, W) tensors."""
+    total, sums, squares = 0, 0.0, 0.0
+    for out in outputs:
+        flat = out.double().transpose(0, 1).reshape(out.shape[1], -1)
+        total += flat.shape[1]
+        sums = sums + flat.sum(1)
+        squares = squares + (flat * flat).sum(1)
+    mean = sums / total
+    return mean.numpy(), torch.sqrt(torch.clamp(squares / total - mean * mean, min=0)).numpy()
+
+
+@torch.no_grad()
+def data_dependent_init(trunk: CaffeNet, batches: list[torch.Tensor], bias: float, generator: torch.Generator,
+                        layers=PARAMETER_LAYERS) -> dict:
+    """magic_init's "elwise" initialisation, in place, of the named `layers` (the others keep their weights and
+    only carry the images on). Layer by layer from conv1, each named layer gets N(0, 1) weights; its output before
+    the ReLU on `batches` (normalised images, each (B, 3, 227, 227)) gives every channel's mean mu and standard
+    deviation sigma; the weights are divided by sigma and the bias set to -mu / sigma + bias, so each channel has
+    mean `bias` and standard deviation 1 on those images. On BN trunks the layer's BatchNorm becomes x + bias in
+    eval mode. Eval mode throughout (dropout off). Returns {layer: {"sigma": mean over channels before rescaling,
+    "dead_channels": channels with sigma 0}}."""
+    unknown = set(layers) - set(PARAMETER_LAYERS)
+    if unknown:
+        raise ValueError(f"no weights to initialise in {sorted(unknown)}; choose from {PARAMETER_LAYERS}")
+    trunk.eval()
+    report = {}
+    h = list(batches)
+    for name in LAYERS[: max(LAYERS.index(n) for n in layers) + 1]:
+        if name in layers:
+            layer, shift = linear_and_shift(trunk, name)
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator))
+            if trunk.batch_norm:
+                bn = getattr(trunk, name)[1]
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1 - bn.eps)
+                bn.weight.fill_(1.0)
+            shift.zero_()
+            mu, sigma = channel_statistics([_preactivation(trunk, name, b) for b in h])
+            dead = sigma <= 0
+            sigma = np.where(dead, 1.0, sigma)  # a channel constant on every image: leave its scale
+            shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+            layer.weight.div_(torch.from_numpy(sigma).to(layer.weight.dtype).view(shape))
+            shift.copy_(torch.from_numpy(-mu / sigma + bias).to(shift.dtype))
+            report[name] = {"sigma": float(sigma.mean()), "dead_channels": int(dead.sum())}
+        h = [apply_stage(trunk, name, b) for b in h]
+    return report
+
+
+def equalize_gradient_ratios(trunk: CaffeNet, batch: torch.Tensor, generator: torch.Generator,
+                             rounds: int = 10) -> list[dict]:
+    """magic_init's calibrateGradientRatio (-cs) on one batch (B, 3, 227, 227), in place: with random N(0, 1)
+    gradients on fc7, each weighted layer is scaled by one scalar so that all share one ratio of gradient to weight
+    RMS (the geometric mean of the ratios, times fc7's output std^(1/L)), each bias following its input's new
+    scale; at most `rounds` rounds, until every ratio is within 1% (in log) of the target. On BN trunks the
+    shift scaled is BatchNorm's, which is the layer's bias only after `fold_batchnorm`. Eval mode. Returns per
+    round {"ratios": {layer: ratio}, "output_std", "target"}."""
+    params = {name: linear_and_shift(trunk, name) for name in PARAMETER_LAYERS}
+    trunk.eval()
+
+    def input_scales() -> dict[str, float]:
+        scales, h = {}, batch
+        with torch.no_grad():
+            for name in LAYERS:
+                if name in PARAMETER_LAYERS:
+                    scales[name] = float((torch.flatten(h, 1) if name == "fc6" else h).abs().mean())
+                h = apply_stage(trunk, name, h)
+        return scales
+
+    def output_std() -> float:
+        with torch.no_grad():
+            return float(trunk(batch).double().std(0, unbiased=False).mean())
+
+    bottom_scale, out_std = input_scales(), output_std()
+    history = []
+    for _ in range(rounds):
+        trunk.zero_grad(set_to_none=True)
+        out = trunk(batch)
+        out.backward(torch.randn(out.shape, generator=generator))
+        ratio = {n: math.sqrt(float((lin.weight.grad.double() ** 2).mean()
+                                    / (lin.weight.detach().double() ** 2).mean())) for n, (lin, _) in params.items()}
+        target = math.exp(np.mean(np.log(list(ratio.values())))) * out_std ** (1 / len(ratio))
+        history.append({"ratios": ratio, "output_std": out_std, "target": target})
+        if all(abs(math.log(r) / math.log(target) - 1) < 0.01 for r in ratio.values()):
+            break
+        with torch.no_grad():
+            h = batch
+            for name in LAYERS:
+                if name in PARAMETER_LAYERS:
+                    lin, shift = params[name]
+                    current = float((torch.flatten(h, 1) if name == "fc6" else h).abs().mean())
+                    shift.mul_(current / bottom_scale[name])  # the bias follows its input's new scale
+                    bottom_scale[name] = current
+                    scale = math.sqrt(ratio[name] / target)
+                    lin.weight.mul_(scale)
+                    shift.mul_(scale)
+                h = apply_stage(trunk, name, h)
+        out_std = output_std()
+    trunk.zero_grad(set_to_none=True)
+    return history

@@ -94,12 +94,8 @@ def test_random_rescaled_channels_have_zero_mean_unit_variance(shapes_imagenet, 
     precision), and close to that on held-out images. Measured on 80 held-out images (caffenet_bn, seed 0):
     conv channel means 0.10 median, within 0.01..0.20, stds 0.91..1.08; fc6/fc7 means -0.29..0.51, stds 0.76..1.41
     (per-image statistics over only 80 samples)."""
-    from cpfs_bench.baselines.random_rescaled import (
-        RandomRescaledConfig,
-        image_files,
-        load_batches,
-        write_random_rescaled_checkpoint,
-    )
+    from cpfs_bench.baselines.random_rescaled import RandomRescaledConfig, write_random_rescaled_checkpoint
+    from cpfs_bench.bench.images import image_files, load_batches
 
     cfg = RandomRescaledConfig(out=str(tmp_path / "rr.pt"), arch=arch, images=str(shapes_imagenet / "train"))
     summary = write_random_rescaled_checkpoint(cfg, progress=False)
@@ -146,13 +142,9 @@ def test_gradient_equalization_equalizes_gradient_to_weight_ratios(shapes_imagen
     """magic_init -cs: rounds stop when every layer's RMS(gradient) / RMS(weight) is within 1% (in log) of their
     target; for a fresh random gradient on fc7 the ratios then agree within sampling noise (measured: max / min 1.09,
     before equalising 9.6)."""
-    from cpfs_bench.baselines.random_rescaled import (
-        PARAMETER_LAYERS,
-        RandomRescaledConfig,
-        image_files,
-        load_batches,
-        write_random_rescaled_checkpoint,
-    )
+    from cpfs_bench.baselines.random_rescaled import RandomRescaledConfig, write_random_rescaled_checkpoint
+    from cpfs_bench.bench.images import image_files, load_batches
+    from cpfs_bench.pretrain.alexnet import PARAMETER_LAYERS
 
     cfg = RandomRescaledConfig(out=str(tmp_path / "eq.pt"), arch="caffenet", images=str(shapes_imagenet / "train"),
                                batches=2, equalize_gradients=True)

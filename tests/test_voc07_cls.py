@@ -183,3 +183,29 @@ def test_ten_test_crops_are_distinct_augmented_views_and_scores_are_summed(tiny_
     expected = [Probe()(dataset[i][0]).sum(0) for i in range(len(dataset))]
     assert np.allclose(summed, torch.stack(expected).numpy(), rtol=1e-5)
     assert np.allclose(first[0], Probe()(views[:1])[0].numpy(), rtol=1e-5)
+
+
+def test_init_rescale_is_recorded_refuses_a_resume_with_another_init_and_keeps_batchnorm_folded(tiny_voc, tmp_path):
+    """--init rescale --bn-mode eval: the records name both as deviations and carry what the rescaling did; BatchNorm,
+    folded into the weights, stays the identity plus a bias through fine-tuning; a resume with another --init is
+    refused; without --bn-mode eval a BatchNorm trunk is refused before anything runs. (The tiny world has 8 trainval images: all are measured.)"""
+    ckpt = write_random_checkpoint(tmp_path / "random.pt", seed=0)
+    cfg = VOCClsConfig(ckpt=str(ckpt), voc=str(tiny_voc), iters=2, batch_size=2, test_crops=1, out=str(tmp_path / "run"),
+                       store=str(tmp_path / "records.jsonl"), workers=0, init="rescale", bn_mode="eval", init_images=16)
+    explicit = ("iters", "batch_size", "test_crops", "init", "bn_mode", "init_images")
+    with pytest.raises(ValueError, match="random.pt: --init rescale folds .* --bn-mode eval"):
+        run(VOCClsConfig(**{**cfg.__dict__, "bn_mode": "train"}), progress=False, explicit=explicit)
+    assert not (tmp_path / "run").exists()
+    stopped = run(cfg, progress=False, explicit=explicit, stop_after=1)
+    with pytest.raises(CheckpointError, match="init"):
+        run(VOCClsConfig(**{**cfg.__dict__, "resume": True, "init": "as-is"}), progress=False, explicit=explicit)
+    out = run(VOCClsConfig(**{**cfg.__dict__, "resume": True}), progress=False, explicit=explicit)
+    assert stopped["stopped_at"] == 1 and out["deviations"]["init"] == "rescale"
+    main = next(r for r in read_records(tmp_path / "records.jsonl") if r["metric"] == "mAP")
+    assert main["deviations"]["init"] == "rescale" and main["deviations"]["bn_mode"] == "eval"
+    init = main["extra"]["init"]
+    assert init["folded_batchnorm"] and init["images"] == 8 and set(init["weight_scale"]) == {
+        "conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"}
+    trunk = torch.load(out["model"], weights_only=True)["trunk"]
+    for name in ("conv1", "conv3", "fc7"):
+        assert torch.all(trunk[f"{name}.1.running_mean"] == 0) and torch.all(trunk[f"{name}.1.weight"] == 1), name

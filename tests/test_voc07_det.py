@@ -20,6 +20,7 @@ from cpfs_bench.evaluate.voc07_det import (
     run,
     score_comp4,
     target_statistics,
+    trainval_images,
     write_comp4,
 )
 from cpfs_bench.results.store import read_records
@@ -120,6 +121,21 @@ def test_end_to_end_resume_comp4_and_rescoring(world, tmp_path):
                              out=str(tmp_path / "again"), store=str(tmp_path / "again.jsonl")), progress=False,
                 explicit=("test_scale", "score_thresh"))
     assert again["mAP"] == pytest.approx(out["mAP"], abs=1e-9)
+
+
+def test_init_rescale_measures_the_training_images_and_is_recorded(world, tmp_path):
+    """--init rescale on a BatchNorm trunk (BatchNorm on running statistics, the default here): the images measured
+    are the trainval images the detector trains on (the first --train-images), and the record carries the report."""
+    cfg = VOCDetConfig(voc=str(world), train_images=5)
+    assert [p.stem for p in trainval_images(cfg)] == read_id_list(
+        voc_year_dir(world, "2007") / "ImageSets" / "Main" / "trainval.txt")[:5]
+    ckpt = write_random_checkpoint(tmp_path / "random.pt", seed=0)
+    cfg = VOCDetConfig(ckpt=str(ckpt), voc=str(world), iters=1, train_scales=(227,), test_scale=227, train_images=5,
+                       out=str(tmp_path / "run"), store=str(tmp_path / "records.jsonl"), init="rescale")
+    run(cfg, progress=False, explicit=("iters", "train_scales", "test_scale", "train_images", "init"))
+    main = next(r for r in read_records(tmp_path / "records.jsonl") if r["metric"] == "mAP")
+    assert main["deviations"]["init"] == "rescale" and main["extra"]["init"]["images"] == 5
+    assert main["extra"]["init"]["folded_batchnorm"] and main["extra"]["init"]["rounds"] >= 1
 
 
 def test_proposals_for_another_image_list_are_refused(world, tmp_path):

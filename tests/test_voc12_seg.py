@@ -13,9 +13,9 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from cpfs_bench.baselines.random_init import write_random_checkpoint
 from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
-from cpfs_bench.evaluate.datasets import DatasetFormatError, read_segmentation_mask, voc_segmentation_ids
+from cpfs_bench.evaluate.datasets import DatasetFormatError, read_segmentation_mask, sbd_ids, voc_segmentation_ids
 from cpfs_bench.evaluate.fcn import FCN32s, bilinear_kernel, crop_offset, segmentation_loss
-from cpfs_bench.evaluate.voc12_seg import SegmentationImages, VOCSegConfig, run
+from cpfs_bench.evaluate.voc12_seg import SegmentationImages, VOCSegConfig, run, train_images
 from cpfs_bench.pretrain.alexnet import build_trunk
 from cpfs_bench.results.store import read_records
 
@@ -153,6 +153,15 @@ def test_end_to_end_records_predictions_and_resume(tmp_path):
     again = run(VOCSegConfig(model=out["model"], sbd=str(tmp_path / "no-sbd"), voc=str(voc), out=str(tmp_path / "again"),
                              store=str(tmp_path / "again.jsonl"), workers=0), progress=False)
     assert again["mIoU"] == pytest.approx(expected, abs=1e-9)
+
+    # --init reinit-fc measures SBD train's images, and the record says so
+    assert [p.name for p in train_images(cfg)] == [f"{i}.jpg" for i in sbd_ids(voc, "train")]
+    run(VOCSegConfig(**{**cfg.__dict__, "init": "reinit-fc", "iters": 1, "out": str(tmp_path / "reinit"),
+                        "store": str(tmp_path / "reinit.jsonl"), "save_predictions": 0}), progress=False,
+        explicit=explicit + ("init",))
+    main = next(r for r in read_records(tmp_path / "reinit.jsonl") if r["metric"] == "mIoU")
+    assert main["deviations"]["init"] == "reinit-fc" and set(main["extra"]["init"]["fc"]) == {"fc6", "fc7"}
+    assert main["extra"]["init"]["images"] == min(160, len(sbd_ids(voc, "train")))
 
 
 def test_bad_inputs_name_the_file(tmp_path):
