@@ -32,10 +32,11 @@ from pathlib import Path
 
 import torch
 
+from cpfs_bench.baselines.configs import RandomRescaledConfig
 from cpfs_bench.bench.checkpoint import MEAN, STD, save_checkpoint
 from cpfs_bench.bench.images import image_files, load_batches
-from cpfs_bench.baselines.configs import RandomRescaledConfig
 from cpfs_bench.pretrain.alexnet import CaffeNet, build_trunk, data_dependent_init, equalize_gradient_ratios
+
 
 def write_random_rescaled_checkpoint(cfg: RandomRescaledConfig, progress: bool = True) -> dict:
     """Build the baseline and write its checkpoint to cfg.out. Returns {"checkpoint", "images", "seconds",

@@ -108,7 +108,8 @@ def prepare(cfg, *, kind: str, task: str, protocol: str, resolve_config: Callabl
     (cfg.model). Then the checkpoint is validated, the default world written when a data field is
     None, and the preset line printed (when progress). Fine-tuning (trunk "trainable", a cfg with `init`):
     init_images(cfg) -> the training set's image files, which `--init` other than as-is measures
-    (evaluate/initialization.py); its report is ev.init_report, in the first record's extra and printed (when progress)."""
+    (evaluate/initialization.py); its report is ev.init_report, in the first record's extra and printed
+    (when progress)."""
     started = time.perf_counter()
     cfg, deviations = resolve_config(cfg, explicit)
     device = resolve_device(cfg.device)

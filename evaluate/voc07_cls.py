@@ -48,10 +48,11 @@ PROTOCOL = VOCClsConfig.PROTOCOL
 PROTOCOL_ITERS = VOCClsConfig.iters
 TRAIN_FROM = VOCClsConfig.TRAIN_FROM
 PRESETS = VOCClsConfig.PRESETS
-PROTOCOL_FIELDS = ("init", "bn_mode", "train_from", "iters", "batch_size", "lr", "bias_lr_mult", "momentum", "weight_decay", "lr_step",
-                   "lr_gamma", "clip_grad_norm", "min_scale", "max_scale", "crop", "test_crops")
-RESUME_MUST_MATCH = ("voc", "init", "init_images", "bn_mode", "train_from", "iters", "batch_size", "lr", "bias_lr_mult", "momentum", "weight_decay",
-                     "lr_step", "lr_gamma", "clip_grad_norm", "min_scale", "max_scale", "crop", "seed", "trunk_sha256")
+PROTOCOL_FIELDS = ("init", "bn_mode", "train_from", "iters", "batch_size", "lr", "bias_lr_mult", "momentum",
+                   "weight_decay", "lr_step", "lr_gamma", "clip_grad_norm", "min_scale", "max_scale", "crop", "test_crops")
+RESUME_MUST_MATCH = ("voc", "init", "init_images", "bn_mode", "train_from", "iters", "batch_size", "lr", "bias_lr_mult",
+                     "momentum", "weight_decay", "lr_step", "lr_gamma", "clip_grad_norm", "min_scale", "max_scale", "crop",
+                     "seed", "trunk_sha256")
 
 
 def resolve_config(cfg: VOCClsConfig, explicit=()) -> tuple[VOCClsConfig, dict]:
@@ -301,7 +302,8 @@ def run(cfg: VOCClsConfig, progress: bool = True, explicit=(), stop_after: int |
     ev.record("mAP", maps["reference"], extra={
         "ap_metric": "sklearn (reference code, score - 1e-5 x label)", "test_crops": cfg.test_crops,
         "ap": _per_class(ap["reference"]), "mAP_voc07_11pt": maps["voc07"], "mAP_1crop": maps["reference_1crop"],
-        "train_from": cfg.train_from, "bn_mode": cfg.bn_mode, "run_folder": str(ev.out), "model": str(model_path), "arch": info["arch"]})
+        "train_from": cfg.train_from, "bn_mode": cfg.bn_mode, "run_folder": str(ev.out), "model": str(model_path),
+        "arch": info["arch"]})
     ev.record("mAP_voc07_11pt", maps["voc07"], extra={"ap_metric": "devkit 11-point", "test_crops": cfg.test_crops,
                                                       "ap": _per_class(ap["voc07"])})
     for c, v in _per_class(ap["reference"]).items():

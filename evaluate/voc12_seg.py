@@ -54,12 +54,12 @@ from cpfs_bench.pretrain.alexnet import build_trunk
 PROTOCOL = VOCSegConfig.PROTOCOL
 CLASSES = ("background", *VOC_CLASSES)
 PRESETS = VOCSegConfig.PRESETS
-PROTOCOL_FIELDS = ("init", "iters", "iter_size", "lr", "momentum", "weight_decay", "train_split", "test_split", "bn_mode",
-                   "loss_normalization")
+PROTOCOL_FIELDS = ("init", "iters", "iter_size", "lr", "momentum", "weight_decay", "train_split", "test_split",
+                   "bn_mode", "loss_normalization")
 # net.py's loss; the default differs on purpose (see the module docstring), so every run records it
 PROTOCOL_LOSS_NORMALIZATION = "none"
-RESUME_MUST_MATCH = ("sbd", "voc", "init", "init_images", "iters", "iter_size", "lr", "momentum", "weight_decay", "train_split", "seed",
-                     "bn_mode", "loss_normalization", "trunk_sha256")
+RESUME_MUST_MATCH = ("sbd", "voc", "init", "init_images", "iters", "iter_size", "lr", "momentum", "weight_decay",
+                     "train_split", "seed", "bn_mode", "loss_normalization", "trunk_sha256")
 
 
 def resolve_config(cfg: VOCSegConfig, explicit=()) -> tuple[VOCSegConfig, dict]:

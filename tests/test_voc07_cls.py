@@ -188,10 +188,12 @@ def test_ten_test_crops_are_distinct_augmented_views_and_scores_are_summed(tiny_
 def test_init_rescale_is_recorded_refuses_a_resume_with_another_init_and_keeps_batchnorm_folded(tiny_voc, tmp_path):
     """--init rescale --bn-mode eval: the records name both as deviations and carry what the rescaling did; BatchNorm,
     folded into the weights, stays the identity plus a bias through fine-tuning; a resume with another --init is
-    refused; without --bn-mode eval a BatchNorm trunk is refused before anything runs. (The tiny world has 8 trainval images: all are measured.)"""
+    refused; without --bn-mode eval a BatchNorm trunk is refused before anything runs. (The tiny world has 8
+    trainval images: all are measured.)"""
     ckpt = write_random_checkpoint(tmp_path / "random.pt", seed=0)
-    cfg = VOCClsConfig(ckpt=str(ckpt), voc=str(tiny_voc), iters=2, batch_size=2, test_crops=1, out=str(tmp_path / "run"),
-                       store=str(tmp_path / "records.jsonl"), workers=0, init="rescale", bn_mode="eval", init_images=16)
+    cfg = VOCClsConfig(ckpt=str(ckpt), voc=str(tiny_voc), iters=2, batch_size=2, test_crops=1,
+                       out=str(tmp_path / "run"), store=str(tmp_path / "records.jsonl"), workers=0, init="rescale",
+                       bn_mode="eval", init_images=16)
     explicit = ("iters", "batch_size", "test_crops", "init", "bn_mode", "init_images")
     with pytest.raises(ValueError, match="random.pt: --init rescale folds .* --bn-mode eval"):
         run(VOCClsConfig(**{**cfg.__dict__, "bn_mode": "train"}), progress=False, explicit=explicit)
