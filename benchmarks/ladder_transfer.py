@@ -11,7 +11,9 @@ Settings (each recorded as deviations in its records):
   CI test (no shorter setting separated the trunks); here for any trunk, e.g. a CPFS one.
 - voc07-det: first 250 trainval / 100 test images, smoke scales (300), 300 iterations; the CI test: 120 / 100
   images at 227, 120 iterations at lr 2e-3.
-Finished steps are skipped (each run folder holds its final record), so an interrupted run continues.
+`--inits as-is reinit-fc` fine-tunes each trunk once per `--init` (evaluate/initialization.py; the det rung
+of the CI ladder asserts CPFS-KTA with reinit-fc above random). Finished steps are skipped (each run folder holds
+its final record), so an interrupted run continues.
 About an hour for two trunks on 2 cores (estimated from the parts, measured separately).
 """
 from __future__ import annotations
@@ -33,6 +35,10 @@ def main() -> None:
     parser.add_argument("--trunk", action="append", required=True, metavar="NAME=CKPT",
                         help="a trunk to fine-tune; repeat (e.g. supervised=..., random=...)")
     parser.add_argument("--tasks", nargs="+", default=["cls", "seg", "det"], choices=["cls", "seg", "det"])
+    parser.add_argument("--inits", nargs="+", default=["as-is"], choices=["as-is", "rescale", "reinit-fc",
+                                                                           "reinit-fc-rescale"],
+                        help="--init of each fine-tuning (rescale needs BatchNorm on running statistics: voc07-cls "
+                             "then runs with --bn-mode eval)")
     args = parser.parse_args()
 
     from cpfs_bench.bench.world.voc import VOCWorldConfig, write_voc_world
@@ -52,32 +58,41 @@ def main() -> None:
     if "seg" in args.tasks and not (world / "world.json").exists():
         write_voc_world(VOCWorldConfig(out=str(world), voc07_trainval=2, voc07_test=2, workers=2, **SEG_WORLD))
 
-    for name, ckpt in trunks.items():
+    rows = [(name, init) for name in trunks for init in args.inits]
+    for name, init in rows:
+        ckpt, row = trunks[name], name if init == "as-is" else f"{name}/{init}"
         for task in args.tasks:
-            key = f"{task}/{name}"
+            key = f"{task}/{row}"
             if key in results:
                 continue
             start = time.perf_counter()
-            folder = str(args.out / f"{task}-{name}")
+            folder = str(args.out / f"{task}-{row.replace('/', '-')}")
+            init_options = {} if init == "as-is" else {"init": init}
             if task == "cls":
-                out = voc07_cls(VOCClsConfig(ckpt=ckpt, out=folder, store=store, **CLS))
+                bn = {"bn_mode": "eval"} if init.endswith("rescale") else {}
+                options = {**init_options, **bn}
+                out = voc07_cls(VOCClsConfig(ckpt=ckpt, out=folder, store=store, **CLS, **options),
+                                explicit=tuple(options))
                 score = out["mAP"]["reference"]
             elif task == "seg":
-                out = voc12_seg(VOCSegConfig(ckpt=ckpt, sbd=str(world), voc=str(world), out=folder, store=store, **SEG),
-                                explicit=tuple(SEG))
+                options = {**SEG, **init_options}
+                out = voc12_seg(VOCSegConfig(ckpt=ckpt, sbd=str(world), voc=str(world), out=folder, store=store,
+                                             **options), explicit=tuple(options))
                 score = out["mIoU"]
             else:
-                out = voc07_det(VOCDetConfig(ckpt=ckpt, out=folder, store=store, **DET), explicit=tuple(DET))
+                options = {**DET, **init_options}
+                out = voc07_det(VOCDetConfig(ckpt=ckpt, out=folder, store=store, **options), explicit=tuple(options))
                 score = out["mAP"]
             results[key] = {"score": round(float(score), 2), "minutes": round((time.perf_counter() - start) / 60, 1)}
             results_file.write_text(json.dumps(results, indent=1))
 
-    print(f"\n{'trunk':<12} " + " ".join(f"{t:>16}" for t in args.tasks))
+    print(f"\n{'trunk':<24} " + " ".join(f"{t:>16}" for t in args.tasks))
     metric = {"cls": "mAP", "seg": "mIoU", "det": "mAP"}
-    for name in trunks:
-        cells = [f"{metric[t]} {results[f'{t}/{name}']['score']:6.2f} ({results[f'{t}/{name}']['minutes']:.0f}m)"
+    for name, init in rows:
+        row = name if init == "as-is" else f"{name}/{init}"
+        cells = [f"{metric[t]} {results[f'{t}/{row}']['score']:6.2f} ({results[f'{t}/{row}']['minutes']:.0f}m)"
                  for t in args.tasks]
-        print(f"{name:<12} " + " ".join(f"{c:>16}" for c in cells))
+        print(f"{row:<24} " + " ".join(f"{c:>16}" for c in cells))
 
 
 if __name__ == "__main__":
