@@ -147,6 +147,12 @@ def voc_image_path(root, year, image_id) -> Path:
     return path
 
 
+def voc_split_images(root, year, split, limit: int | None = None) -> list[Path]:
+    """The image files of ImageSets/Main/{split}.txt, in its order (only the first `limit` when given)."""
+    ids = read_id_list(voc_year_dir(root, year) / "ImageSets" / "Main" / f"{split}.txt")
+    return [voc_image_path(root, year, i) for i in (ids[:limit] if limit else ids)]
+
+
 def read_segmentation_mask(path) -> np.ndarray:
     """A VOC segmentation PNG (palette 'P' or greyscale 'L' index data) -> uint8 (H, W) class indices,
     255 = ignore. RGB colour renderings are rejected: their colours are not indices."""

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from cpfs_bench.bench.images import load_batches
+from cpfs_bench.evaluate.configs import FineTuningRun
 from cpfs_bench.pretrain.alexnet import (
     INPUT_SIZE,
     PARAMETER_LAYERS,
@@ -34,7 +35,7 @@ from cpfs_bench.pretrain.alexnet import (
     fold_batchnorm,
 )
 
-INITS = ("as-is", "rescale", "reinit-fc", "reinit-fc-rescale")
+INITS = FineTuningRun.INITS
 BATCH_SIZE = 16  # magic_init -bs
 FC_BIAS = 0.1  # magic_init's default bias (-b)
 

@@ -39,7 +39,7 @@ from cpfs_bench.bench.voc_format import VOC_CLASSES
 from cpfs_bench.bench.world.defaults import default_voc_world
 from cpfs_bench.evaluate.backbone import batchnorm_on_running_statistics, finetuned_source
 from cpfs_bench.evaluate.configs import VOCClsConfig
-from cpfs_bench.evaluate.datasets import read_id_list, voc_classification_labels, voc_image_path, voc_year_dir
+from cpfs_bench.evaluate.datasets import voc_classification_labels, voc_image_path, voc_split_images
 from cpfs_bench.evaluate.evaluation import prepare
 from cpfs_bench.evaluate.metrics import classification_ap
 from cpfs_bench.pretrain.alexnet import build_trunk
@@ -268,8 +268,7 @@ def load_finetuned(path, device) -> tuple[VOCClassifier, dict]:
 
 def trainval_images(cfg) -> list[Path]:
     """The VOC2007 trainval image files (what --init measures)."""
-    ids = read_id_list(voc_year_dir(cfg.voc, "2007") / "ImageSets" / "Main" / "trainval.txt")
-    return [voc_image_path(cfg.voc, "2007", i) for i in ids]
+    return voc_split_images(cfg.voc, "2007", "trainval")
 
 
 def run(cfg: VOCClsConfig, progress: bool = True, explicit=(), stop_after: int | None = None) -> dict:

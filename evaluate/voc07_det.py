@@ -57,7 +57,13 @@ from cpfs_bench.evaluate.boxes import (
     regression_targets,
     valid_boxes,
 )
-from cpfs_bench.evaluate.datasets import read_id_list, voc_detection_annotations, voc_image_path, voc_year_dir
+from cpfs_bench.evaluate.datasets import (
+    read_id_list,
+    voc_detection_annotations,
+    voc_image_path,
+    voc_split_images,
+    voc_year_dir,
+)
 from cpfs_bench.evaluate.configs import VOCDetConfig
 from cpfs_bench.evaluate.evaluation import prepare
 from cpfs_bench.evaluate.fast_rcnn import ROI_MAPPINGS, FastRCNN, fast_rcnn_loss, nms, sample_rois
@@ -499,7 +505,7 @@ def split_ids(voc, split: str, limit: int | None) -> list[str]:
 
 def trainval_images(cfg) -> list[Path]:
     """The trainval image files the detector trains on (what --init measures)."""
-    return [voc_image_path(cfg.voc, "2007", i) for i in split_ids(cfg.voc, "trainval", cfg.train_images)]
+    return voc_split_images(cfg.voc, "2007", "trainval", cfg.train_images)
 
 
 def load_trained(path, device) -> tuple[FastRCNN, dict, dict]:
