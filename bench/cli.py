@@ -386,8 +386,9 @@ def _preset_help(cls) -> str:
     described = "; ".join(f"{name}: " + ", ".join(f"{k.replace('_', '-')} {_shown(v)}" for k, v in values.items())
                           for name, values in cls.PRESETS.items())
     embedded = getattr(cls, "EMBEDDED_PRESET", EMBEDDED_PRESET)
-    default = (f"{embedded.capitalize()} is the embedded world's default (a pipeline check, not a measurement)"
-               if embedded
+    kind = ("a pipeline check, not a measurement" if embedded == "smoke"
+            else "calibrated there so that trunks separate; never comparable with the paper's numbers")
+    default = (f"{embedded.capitalize()} is the embedded world's default ({kind})" if embedded
                else "The embedded world runs the protocol")
     return f"{described}. {default}; options you type win; recorded as deviations."
 
@@ -525,7 +526,8 @@ def eval_voc07_svm(**kw):
 @eval_group.command("voc07-cls", short_help=BY_COMMAND["voc07-cls"].summary)
 @evaluation_options(VOCClsConfig, "voc07-cls", model_role="fine-tuned model")
 @click.option("--voc", type=click.Path(file_okay=False), default=None,
-              help="VOCdevkit root (or its parent) holding VOC2007. Default: the embedded world, with --preset smoke.")
+              help="VOCdevkit root (or its parent) holding VOC2007. Default: the embedded world, with --preset "
+                   f"{VOCClsConfig.EMBEDDED_PRESET}.")
 @click.option("--train-from", type=click.Choice(VOCClsConfig.TRAIN_FROM), default=defaults_of(VOCClsConfig)["train_from"],
               show_default=True, help="conv1: fine-tune every layer (the reported mode); fc6: fc6 on; fc8: fc8 only.")
 @click.option("--iters", type=POSITIVE, default=defaults_of(VOCClsConfig)["iters"], show_default=True,
@@ -598,7 +600,8 @@ def eval_voc12_seg(config_file, eval_only, **kw):
 @evaluation_options(VOCDetConfig, "voc07-det", model_role="trained detector",
                     workers_help="Data-loading processes [0 on CPU, 8 on CUDA]; selective-search processes [every core].")
 @click.option("--voc", type=click.Path(file_okay=False), default=None,
-              help="VOCdevkit (or its parent) with VOC2007. Default: the embedded world (then --preset smoke).")
+              help="VOCdevkit (or its parent) with VOC2007. Default: the embedded world (then --preset "
+                   f"{VOCDetConfig.EMBEDDED_PRESET}).")
 @click.option("--proposals", callback=folder_or_rpn, default=None,
               help="Folder with voc_2007_trainval.mat and voc_2007_test.mat in Fast R-CNN's format (e.g. its "
                    "published selective-search files), or `rpn`: Faster R-CNN, a region proposal network trained "

@@ -68,12 +68,18 @@ def preset_line(kind: str, deviations: dict, embedded: bool) -> str:
     return f"{kind}: no preset, on {where}; differs from the protocol: {values}"
 
 
-def scale_lr_step(cfg, deviations: dict, explicit, protocol_iters: int):
+def scale_lr_step(cfg, deviations: dict, explicit, protocol_iters: int, presets=None):
     """One --iters scales the whole schedule: unless typed, cfg.lr_step becomes the protocol's step scaled
-    by iters / protocol_iters (at least 1), recorded in `deviations`. Returns the config."""
-    if "lr_step" in set(explicit) or cfg.iters == protocol_iters:
+    by iters / protocol_iters (at least 1), recorded in `deviations`; a preset that sets lr_step (presets:
+    {name: {field: value}}, the one applied named in deviations["preset"]) sets it for its own iters, and
+    it scales from there. Returns the config."""
+    if "lr_step" in set(explicit):
         return cfg
-    cfg = replace(cfg, lr_step=max(1, round(cfg.lr_step * cfg.iters / protocol_iters)))
+    preset = (presets or {}).get(deviations.get("preset")) or {}
+    base_iters = preset.get("iters", protocol_iters) if "lr_step" in preset else protocol_iters
+    if cfg.iters == base_iters:
+        return cfg
+    cfg = replace(cfg, lr_step=max(1, round(cfg.lr_step * cfg.iters / base_iters)))
     deviations["lr_step"] = cfg.lr_step
     return cfg
 

@@ -57,7 +57,7 @@ RESUME_MUST_MATCH = ("voc", "init", "init_images", "bn_mode", "train_from", "ite
 
 def resolve_config(cfg: VOCClsConfig, explicit=()) -> tuple[VOCClsConfig, dict]:
     """(cfg with the preset and lr step resolved, deviations from the protocol); cfg.voc None = the embedded
-    world (preset smoke), written later by the evaluation entry."""
+    world (preset embedded), written later by the evaluation entry."""
     if cfg.bn_mode not in ("eval", "train"):
         raise ValueError(f"unknown bn_mode {cfg.bn_mode!r}; choose eval or train")
     if cfg.train_from not in TRAIN_FROM:
@@ -65,7 +65,7 @@ def resolve_config(cfg: VOCClsConfig, explicit=()) -> tuple[VOCClsConfig, dict]:
     if not 0 < cfg.min_scale <= cfg.max_scale:
         raise ValueError(f"need 0 < min_scale <= max_scale, got {cfg.min_scale} and {cfg.max_scale}")
     cfg, deviations = resolve(cfg, PRESETS, explicit, protocol_values(VOCClsConfig, PROTOCOL_FIELDS), ("voc",))
-    return scale_lr_step(cfg, deviations, explicit, PROTOCOL_ITERS), deviations
+    return scale_lr_step(cfg, deviations, explicit, PROTOCOL_ITERS, PRESETS), deviations
 
 
 def step_lr(cfg: VOCClsConfig, it: int) -> float:

@@ -91,7 +91,7 @@ RPN_DEVIATION = "rpn: Faster R-CNN, region proposal network trained jointly (eva
 
 def resolve_config(cfg: VOCDetConfig, explicit=()) -> tuple[VOCDetConfig, dict]:
     """(cfg with the preset and lr step resolved, deviations from the protocol); cfg.voc None = the embedded
-    world (preset smoke), written later by the evaluation entry."""
+    world (preset embedded), written later by the evaluation entry."""
     if cfg.train_from not in TRAIN_FROM:
         raise ValueError(f"unknown --train-from {cfg.train_from!r}; choose from {TRAIN_FROM}")
     if cfg.roi_mapping not in ROI_MAPPINGS:
@@ -103,7 +103,7 @@ def resolve_config(cfg: VOCDetConfig, explicit=()) -> tuple[VOCDetConfig, dict]:
     cfg, deviations = resolve(cfg, PRESETS, explicit, protocol, ("voc",))
     if cfg.proposals == RPN:
         deviations["proposals"] = RPN_DEVIATION
-    return scale_lr_step(cfg, deviations, explicit, PROTOCOL_ITERS), deviations
+    return scale_lr_step(cfg, deviations, explicit, PROTOCOL_ITERS, PRESETS), deviations
 
 
 def image_scale(height: int, width: int, target: int, max_size: int) -> float:

@@ -213,3 +213,19 @@ def test_faster_rcnn_end_to_end_resume_and_eval_only(world, tmp_path):
     with pytest.raises(ValueError, match="has no RPN"):
         run(VOCDetConfig(model=fast["model"], voc=str(world), proposals="rpn", out=str(tmp_path / "x"),
                          store=str(tmp_path / "x.jsonl")), progress=False, explicit=("proposals",))
+
+
+def test_embedded_preset_sets_its_own_schedule_and_typed_iters_scale_it(tmp_path):
+    """The embedded preset's lr step (90 of its 120 iterations) is not rescaled from the protocol's 50k of 150k;
+    --iters typed on top scales the preset's step; a typed --lr-step wins; real data gets the protocol."""
+    from cpfs_bench.evaluate.voc07_det import resolve_config
+
+    cfg, dev = resolve_config(VOCDetConfig())
+    assert (cfg.iters, cfg.lr_step, cfg.init, cfg.train_scales) == (120, 90, "reinit-fc", (227,))
+    assert dev["preset"] == "embedded" and dev["lr_step"] == 90 and dev["init"] == "reinit-fc"
+    cfg, dev = resolve_config(VOCDetConfig(iters=240), explicit=("iters",))
+    assert (cfg.iters, cfg.lr_step) == (240, 180) and dev["lr_step"] == 180
+    cfg, _ = resolve_config(VOCDetConfig(iters=240, lr_step=7), explicit=("iters", "lr_step"))
+    assert cfg.lr_step == 7
+    cfg, dev = resolve_config(VOCDetConfig(voc=str(tmp_path), iters=1500), explicit=("iters",))
+    assert cfg.lr_step == 500 and (dev["iters"], dev["lr_step"]) == (1500, 500) and "preset" not in dev
