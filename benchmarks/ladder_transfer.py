@@ -6,14 +6,14 @@ VOC07 classification, VOC12 segmentation and VOC07 detection on the embedded wor
         --trunk supervised=runs/ladder/supervised-s0/final.pt --trunk random=runs/ladder/random-s0.pt
 
 Settings (each recorded as deviations in its records):
-- voc07-cls: the embedded preset (300 iterations at lr 0.01, 1 crop); the CI test runs 150 iterations.
+- voc07-cls: the embedded preset (300 iterations at lr 0.01, 1 crop), as the CI test.
 - voc12-seg: a world with 1,500 VOC2012 images (500 SBD train), 1,000 updates of one image at lr 1e-3, as the
   CI test (no shorter setting separated the trunks); here for any trunk, e.g. a CPFS one.
 - voc07-det: first 250 trainval / 100 test images, smoke scales (300), 300 iterations; the CI test: the embedded
   preset (120 / 100 images at 227, 120 iterations at lr 2e-3).
 `--inits as-is reinit-fc` fine-tunes each trunk once per `--init` (evaluate/initialization.py), always typed, so
-the embedded presets' reinit-fc never replaces it (the default, reinit-fc, is theirs). Finished steps are skipped (each run folder holds
-its final record), so an interrupted run continues.
+the embedded presets' reinit-fc never replaces it (the default, reinit-fc, is theirs). Finished steps are skipped
+(each run folder holds its final record), so an interrupted run continues.
 About an hour for two trunks on 2 cores (estimated from the parts, measured separately).
 """
 from __future__ import annotations

@@ -3,7 +3,8 @@ defaults (the published protocols) and presets without importing a model. Each t
 its Config and works from it (evaluate/voc07_cls.py: VOCClsConfig, ...).
 
 A preset never overrides a value the user typed; every value that differs from the protocol is a
-recorded deviation (bench/config.py::resolve). `smoke` is what the embedded world gets by default.
+recorded deviation (bench/config.py::resolve). The embedded world gets each config's EMBEDDED_PRESET (`smoke`
+unless it names another: `embedded` for voc07-cls and voc07-det, None for the SVMs) unless a preset is named.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """One entry and one exit for every evaluation (`bench eval <task>`).
 
-Entry, `prepare`: the config resolved (the embedded world gets the smoke preset; a value the user typed is
+Entry, `prepare`: the config resolved (the embedded world gets the task's embedded preset; a value the user typed is
 never overridden; deviations from the protocol), the device and seed, the checkpoint validated and
 loaded (a trunk, or an evaluation-only model) *before* the default world is written, the default world,
 one line saying which preset ran and what it changed, the run's name, method and folder.
@@ -102,7 +102,7 @@ def prepare(cfg, *, kind: str, task: str, protocol: str, resolve_config: Callabl
             trunk: str = "frozen", load_model: Callable | None = None, folder: bool = True,
             init_images: Callable | None = None) -> Evaluation:
     """Prepare an evaluation. resolve_config(cfg, explicit) -> (cfg, deviations) checks and resolves the
-    options without touching the data (a None data field = the embedded world, preset smoke);
+    options without touching the data (a None data field = the embedded world and its preset);
     trunk: "frozen" (on the device, eval mode, no gradients) or "trainable" (on the CPU, train mode: the
     task builds its model and moves it); load_model(path, device) -> (model, info) for --model
     (cfg.model). Then the checkpoint is validated, the default world written when a data field is
