@@ -591,7 +591,8 @@ def eval_voc12_seg(config_file, eval_only, **kw):
     cfg, explicit = config_from_cli(VOCSegConfig, "eval voc12-seg", kw, config_file)
     s = run(cfg, explicit=explicit)
     click.echo(f"VOC12 segmentation mIoU {s['mIoU']:.1f}%, pixel accuracy {s['pixel_accuracy']:.1f}% "
-               f"({s['iters']} updates)")
+               f"({s['iters']} updates); objects found (foreground IoU) {s['foreground_IoU']:.1f}%, "
+               f"named right {s['foreground_class_accuracy']:.1f}% of them")
     _finish_eval("voc12-seg", s)
     click.echo(f"model: {s['model']}" + (f"; predictions: {s['predictions']}" if s["predictions"] else ""))
 

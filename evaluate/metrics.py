@@ -345,6 +345,33 @@ def mean_iou(confusion) -> float:
     return float(np.nanmean(iou)) if valid.any() else float("nan")
 
 
+def foreground_iou(confusion, background: int = 0) -> float:
+    """IoU of "any object" against the background class, the object classes merged, a fraction in [0, 1].
+
+    A diagnostic beside mIoU (not a published metric): it says whether a model finds the objects at all,
+    whatever class it gives them. confusion: (K, K), rows = target, cols = pred. nan when neither the
+    target nor the prediction holds an object pixel.
+    """
+    hist = _square(confusion)
+    objects = np.arange(hist.shape[0]) != background
+    both = hist[np.ix_(objects, objects)].sum()
+    union = hist[objects, :].sum() + hist[:, objects].sum() - both
+    return float(both / union) if union > 0 else float("nan")
+
+
+def foreground_class_accuracy(confusion, background: int = 0) -> float:
+    """Of the pixels that are an object in both target and prediction, the fraction given the right class.
+
+    The other half of mIoU's story beside `foreground_iou`: a model can find objects and still name them
+    at chance. confusion: (K, K), rows = target, cols = pred. nan when no such pixel exists.
+    """
+    hist = _square(confusion)
+    objects = np.arange(hist.shape[0]) != background
+    block = hist[np.ix_(objects, objects)]
+    total = block.sum()
+    return float(np.trace(block) / total) if total > 0 else float("nan")
+
+
 def pixel_accuracy(confusion) -> float:
     """Overall pixel accuracy, trace / total, a fraction in [0, 1]; nan for an empty matrix."""
     hist = _square(confusion)

@@ -48,7 +48,8 @@ from cpfs_bench.evaluate.datasets import (
 from cpfs_bench.evaluate.configs import VOCSegConfig
 from cpfs_bench.evaluate.evaluation import prepare
 from cpfs_bench.evaluate.fcn import FCN32s, segmentation_loss
-from cpfs_bench.evaluate.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
+from cpfs_bench.evaluate.metrics import (confusion_matrix, foreground_class_accuracy, foreground_iou, mean_iou,
+                                         per_class_iou, pixel_accuracy)
 from cpfs_bench.pretrain.alexnet import build_trunk
 
 PROTOCOL = VOCSegConfig.PROTOCOL
@@ -283,16 +284,22 @@ def run(cfg: VOCSegConfig, progress: bool = True, explicit=(), stop_after: int |
     np.save(ev.out / "confusion.npy", hist)
     iou = {c: float(100 * v) for c, v in zip(CLASSES, per_class_iou(hist))}
     scores = {"mIoU": 100 * mean_iou(hist), "pixel_accuracy": 100 * pixel_accuracy(hist)}
+    # diagnostics, not the protocol's metric: does the model find objects, and does it name them
+    diagnostics = {"foreground_IoU": 100 * foreground_iou(hist),
+                   "foreground_class_accuracy": 100 * foreground_class_accuracy(hist)}
 
     ev.test_set(cfg.voc, len(CLASSES), cfg.test_split, len(test_set))
     ev.record("mIoU", scores["mIoU"], extra={"iou": {c: (None if math.isnan(v) else v) for c, v in iou.items()},
                                              "bn_mode": cfg.bn_mode, "arch": info["arch"], "run_folder": str(ev.out),
                                              "train": train_description})
     ev.record("pixel_accuracy", scores["pixel_accuracy"])
+    for metric, v in diagnostics.items():
+        if not math.isnan(v):
+            ev.record(metric, v)
     for c, v in iou.items():
         if not math.isnan(v):
             ev.record(f"IoU_{c}", v)
     store = ev.write()
-    return ev.summary(**scores, iou=iou, model=str(model_path),
+    return ev.summary(**scores, **diagnostics, iou=iou, model=str(model_path),
                       predictions=str(predictions) if cfg.save_predictions else None, store=str(store),
                       iters=cfg.iters)

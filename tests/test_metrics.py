@@ -17,6 +17,8 @@ from cpfs_bench.evaluate.metrics import (
     classification_ap,
     confusion_matrix,
     detection_ap,
+    foreground_class_accuracy,
+    foreground_iou,
     mean_iou,
     per_class_iou,
     pixel_accuracy,
@@ -502,6 +504,32 @@ def test_mean_iou_excludes_absent_class_but_counts_missed_class():
         warnings.simplefilter("error")
         empty = confusion_matrix(pred, np.full(6, 255), 4)
         assert empty.sum() == 0 and math.isnan(mean_iou(empty)) and math.isnan(pixel_accuracy(empty))
+
+
+def test_foreground_diagnostics_match_masks_on_the_label_maps():
+    """foreground_iou / foreground_class_accuracy against boolean masks over the raw maps (not the matrix)."""
+    rng = np.random.default_rng(5)
+    for k in (2, 4, 21):
+        pred, target = _random_maps(rng, k)
+        keep = target != 255
+        p, t = pred[keep], target[keep]
+        cm = confusion_matrix(pred, target, k)
+        both = (p > 0) & (t > 0)
+        assert foreground_iou(cm) == pytest.approx(both.sum() / ((p > 0) | (t > 0)).sum(), abs=1e-15)
+        assert foreground_class_accuracy(cm) == pytest.approx((both & (p == t)).sum() / both.sum(), abs=1e-15)
+    # edge values: perfect is exactly 1, and no object pixel anywhere is nan, not 0 and not a warning
+    target = np.array([0, 3, 3, 1, 255])
+    perfect = confusion_matrix(target.clip(0, 3), target, 4)
+    assert foreground_iou(perfect) == 1.0 and foreground_class_accuracy(perfect) == 1.0
+    found_but_misnamed = confusion_matrix(np.array([0, 3, 1, 3, 0]), target, 4)
+    assert foreground_iou(found_but_misnamed) == 1.0 and foreground_class_accuracy(found_but_misnamed) == 1 / 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        background = confusion_matrix(np.zeros(3, int), np.zeros(3, int), 4)
+        assert math.isnan(foreground_iou(background)) and math.isnan(foreground_class_accuracy(background))
+        # objects in the target, none predicted: IoU 0, class accuracy undefined
+        missed = confusion_matrix(np.zeros(5, int), target, 4)
+        assert foreground_iou(missed) == 0.0 and math.isnan(foreground_class_accuracy(missed))
 
 
 def test_confusion_matrix_rejects_bad_input():

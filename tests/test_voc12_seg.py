@@ -146,6 +146,15 @@ def test_end_to_end_records_predictions_and_resume(tmp_path):
     assert records["mIoU"]["task"] == "voc12_seg" and records["mIoU"]["value"] == pytest.approx(expected, abs=1e-9)
     assert records["mIoU"]["split"] == "seg11valid" and records["mIoU"]["deviations"]["iters"] == 2
     assert records["pixel_accuracy"]["value"] == pytest.approx(100 * np.trace(hist) / hist.sum(), abs=1e-9)
+    # the diagnostics, written out from the matrix's blocks; class accuracy only where objects met objects
+    objects_met = hist[1:, 1:].sum()
+    fg_union = hist.sum() - hist[0, 0]
+    assert records["foreground_IoU"]["value"] == pytest.approx(100 * objects_met / fg_union, abs=1e-9)
+    if objects_met:
+        assert records["foreground_class_accuracy"]["value"] == pytest.approx(
+            100 * np.trace(hist[1:, 1:]) / objects_met, abs=1e-9)
+    else:
+        assert "foreground_class_accuracy" not in records
     assert out["mIoU"] == pytest.approx(expected, abs=1e-9)
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
     assert records["mIoU"]["deviations"]["loss_normalization"] == "pixels"

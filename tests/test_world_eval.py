@@ -233,7 +233,8 @@ def test_ladder_voc12_seg_finetuning(ladder_checkpoints):
     for name, out in outs.items():
         miou[name] = out["mIoU"]
         objects[name] = sorted(c for c, v in out["iou"].items() if c != "background" and v > 1)
-        print(f"voc12-seg {name}: mIoU {out['mIoU']:.2f}, per class {out['iou']}, {out['seconds']:.0f} s")
+        print(f"voc12-seg {name}: mIoU {out['mIoU']:.2f}, foreground IoU {out['foreground_IoU']:.1f}, named right "
+              f"{out['foreground_class_accuracy']:.1f}%, per class {out['iou']}, {out['seconds']:.0f} s")
     # one seed each: the random trunk stays at the background prior, the supervised one finds objects
     assert miou["supervised"] > miou["random"] + 0.5, miou
     assert len(objects["supervised"]) >= len(objects["random"]) + 2, objects
