@@ -312,7 +312,7 @@ def execute(cfg: ReproduceConfig, steps: list[Step], progress: bool = True) -> O
     for step in steps:
         if step.name in stale:
             marker(out, step).unlink()
-    run_commit = commit()
+    step_commit: dict[str, str] = {}  # read as each step starts: the code it ran, even if the tree changes meanwhile
     for name in finished:
         outcome.status[name] = "skipped"
     pending = [s for s in steps if s.name not in finished]
@@ -346,6 +346,7 @@ def execute(cfg: ReproduceConfig, steps: list[Step], progress: bool = True) -> O
                     process = subprocess.Popen(_command(step), stdout=log, stderr=subprocess.STDOUT, env=env,
                                                start_new_session=True)
                     running[step.name] = (step, process, time.perf_counter(), log)
+                    step_commit[step.name] = commit()
                     pending.remove(step)
             if stop["signal"] is not None:
                 for name, (_, process, _, _) in running.items():
@@ -374,7 +375,7 @@ def execute(cfg: ReproduceConfig, steps: list[Step], progress: bool = True) -> O
                 elif process.returncode == 0 and stop["signal"] is None:
                     atomic_write_json(marker(out, step), {"argv": step.argv, "seconds": round(seconds, 1),
                                                           "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                                          "commit": run_commit, "jobs": cfg.jobs})
+                                                          "commit": step_commit[name], "jobs": cfg.jobs})
                     finished.add(name)
                     outcome.status[name] = "done"
                     for path in step.transient:

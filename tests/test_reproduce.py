@@ -149,3 +149,17 @@ def test_readme_lists_steps_of_earlier_invocations_with_their_commits(tmp_path):
     assert "earlier invocation" in pretrain and "0123456789ab +changes" in pretrain
     assert "| done |" in next(r for r in rows if r.startswith("| linear-probe-random |"))
     assert "| a table |" in readme
+
+
+def test_each_step_records_the_commit_it_started_at(tmp_path, monkeypatch):
+    """The tree may change while a long reproduce runs: each marker holds the commit read when its step started."""
+    import cpfs_bench.bench.reproduce as reproduce
+
+    commits = iter(["first", "second", "third"])
+    monkeypatch.setattr(reproduce, "commit", lambda: next(commits))
+    monkeypatch.setattr(reproduce, "_command", lambda step: [sys.executable, "-c", "pass"])
+    steps = [reproduce.Step(name="a", argv=["a"], kind="viz"),
+             reproduce.Step(name="b", argv=["b"], kind="viz", needs=("a",))]
+    outcome = reproduce.execute(ReproduceConfig(preset="smoke", out=str(tmp_path / "rep")), steps, progress=False)
+    assert outcome.status == {"a": "done", "b": "done"}
+    assert [json.loads(marker(tmp_path / "rep", s).read_text())["commit"] for s in steps] == ["first", "second"]
