@@ -564,7 +564,7 @@ def eval_voc07_cls(config_file, eval_only, **kw):
               help="SBD (benchmark_RELEASE or its dataset/ folder), the training set. Default: the embedded world.")
 @click.option("--voc", type=click.Path(file_okay=False), default=None,
               help="VOCdevkit (or its parent) with VOC2012 or VOC2011 and the seg11valid list. Default: the "
-                   "embedded world (then --preset smoke).")
+                   f"embedded world (then --preset {VOCSegConfig.EMBEDDED_PRESET}).")
 @click.option("--iters", type=POSITIVE, default=defaults_of(VOCSegConfig)["iters"], show_default=True,
               help="Weight updates of --iter-size images each." + _preset_note(VOCSegConfig.PRESETS, "iters"))
 @click.option("--iter-size", type=POSITIVE, default=defaults_of(VOCSegConfig)["iter_size"], show_default=True,

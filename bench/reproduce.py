@@ -61,12 +61,14 @@ SMOKE_WORLDS = {
 BENCH = [sys.executable, "-m", "cpfs_bench.bench.cli"]  # the `bench` command of this very installation
 VIZ_FRAME = 3  # the frame of the first clip drawn for Fig. 1 (smoke and default write a clip for it)
 # planned seconds per kind of step on 2 CPU cores with --jobs 2 (smoke and default: measured means; default from
-# its run of 2026-12-07 at 65130c1, 57 min wall, docs/reproduce-default; paper: a GPU guess)
+# its run of 2026-12-07 at 65130c1, 57 min wall, docs/reproduce-default, but for voc12-seg, whose embedded preset
+# came later: twice the 1,000-update ladder rung's ~610 s at two runs at once, until a default run measures it;
+# paper: a GPU guess)
 ESTIMATES = {
     "smoke": {"world": 19, "flow": 18, "pretrain": 12, "random": 7, "random-rescaled": 8, "supervised": 11,
               "linear-probe": 8, "voc07-svm": 12, "voc07-cls": 11, "voc07-det": 12, "voc12-seg": 13, "viz": 8},
     "default": {"world": 8, "flow": 8, "pretrain": 443, "random": 2, "random-rescaled": 16, "supervised": 622,
-                "linear-probe": 66, "voc07-svm": 126, "voc07-cls": 196, "voc07-det": 103, "voc12-seg": 119,
+                "linear-probe": 66, "voc07-svm": 126, "voc07-cls": 196, "voc07-det": 103, "voc12-seg": 1250,
                 "viz": 6},
     "paper": {"world": 0, "flow": 3600, "pretrain": 36000, "random": 5, "random-rescaled": 60, "supervised": 86400,
               "linear-probe": 36000, "voc07-svm": 3600, "voc07-cls": 7200, "voc07-det": 36000, "voc12-seg": 7200,

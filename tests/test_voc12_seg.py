@@ -109,6 +109,23 @@ def test_default_loss_normalization_is_recorded_as_a_deviation_from_net_py():
     assert deviations == {}
 
 
+def test_embedded_preset_applies_on_the_embedded_world_only_and_never_over_a_typed_value():
+    """No --sbd/--voc: the embedded preset (2,000 updates of one image at lr 1e-3 on fc6/fc7 drawn again), each
+    value a recorded deviation; a typed --iters wins over it; real data keeps the protocol."""
+    from cpfs_bench.evaluate.voc12_seg import VOCSegConfig, resolve_config
+
+    cfg, deviations = resolve_config(VOCSegConfig(ckpt="x"))
+    assert (cfg.iters, cfg.iter_size, cfg.lr, cfg.init) == (2000, 1, 1e-3, "reinit-fc")
+    assert deviations == {"iters": 2000, "iter_size": 1, "lr": 1e-3, "init": "reinit-fc",
+                          "loss_normalization": "pixels", "preset": "embedded"}
+    cfg, deviations = resolve_config(VOCSegConfig(ckpt="x", iters=50), explicit={"iters"})
+    assert (cfg.iters, cfg.lr, deviations["iters"]) == (50, 1e-3, 50)
+    cfg, deviations = resolve_config(VOCSegConfig(ckpt="x", sbd="s", voc="v"))
+    assert (cfg.iters, cfg.iter_size, cfg.lr, cfg.init) == (100000, 20, 1e-4, "as-is") and "preset" not in deviations
+    cfg, _ = resolve_config(VOCSegConfig(ckpt="x", preset="smoke"))
+    assert (cfg.iters, cfg.iter_size, cfg.lr) == (10, 20, 1e-4)
+
+
 @pytest.mark.slow
 def test_end_to_end_records_predictions_and_resume(tmp_path):
     voc = tmp_path / "voc"

@@ -21,7 +21,7 @@ from cpfs_bench.bench.world.layers import Joint, Layer, Motion, render_frame
 from cpfs_bench.bench.world.shapes import CANVAS_EXTENT, CLASS_PARTS, Part
 
 # changes whenever what a seed draws changes; part of the default worlds' cache keys and world.json
-WORLD_VERSION = 3
+WORLD_VERSION = 4  # 4: the default VOC world has 1,500 VOC2012 trainval images (bench/world/configs.py)
 # object texture canvas side, px; object units [-CANVAS_EXTENT, CANVAS_EXTENT] span it
 CANVAS = 160
 # how far a texture's three colours stray from its base colour (0..255 per channel)
